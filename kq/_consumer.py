@@ -1,0 +1,285 @@
+"""One small interface over kafka-python's and confluent-kafka's consumers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from kq._checks import fail_type, fail_value
+from kq.message import Message
+
+TopicPartition = tuple[str, int]
+PartitionsCallback = Callable[[list[TopicPartition]], None]
+
+
+class RebalanceHandler(Protocol):
+    """What the worker does when its partitions change (called inside ``poll``)."""
+
+    def on_assigned(self, partitions: list[TopicPartition]) -> None: ...
+
+    def on_revoked(self, partitions: list[TopicPartition]) -> None: ...
+
+    def on_lost(self, partitions: list[TopicPartition]) -> None: ...
+
+
+class ConsumerAdapter(Protocol):
+    """What the worker needs from a Kafka consumer."""
+
+    client: Any
+
+    @property
+    def hosts(self) -> str: ...
+
+    @property
+    def group(self) -> str: ...
+
+    def resolve_hosts(self, timeout: float = 2.0) -> None: ...
+
+    def subscribe(self, topic: str, handler: RebalanceHandler) -> None: ...
+
+    def subscribed_to(self, topic: str) -> bool: ...
+
+    def poll(self, timeout: float, max_records: int) -> list[Message]: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool) -> None: ...
+
+    def unsubscribe(self) -> None: ...
+
+
+def _join_hosts(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return ",".join(str(v) for v in value)
+
+
+class _KafkaPythonConsumer:
+    def __init__(self, client: Any, logger: logging.Logger) -> None:
+        group = client.config.get("group_id")
+        if not group:
+            fail_value("consumer must have group_id")
+        self.client = client
+        self.hosts = _join_hosts(client.config["bootstrap_servers"])
+        self.group = str(group)
+        self._topic: str | None = None
+        self._logger = logger
+
+    def resolve_hosts(self, timeout: float = 2.0) -> None:
+        """Nothing to learn: kafka-python keeps its configuration readable."""
+
+    def neutralise_auto_commit(self) -> None:
+        coordinator = getattr(self.client, "_coordinator", None)
+        if self.client.config.get("enable_auto_commit") or (
+            coordinator is not None and coordinator.config.get("enable_auto_commit")
+        ):
+            # Auto-commit would commit fetched positions before their jobs finish.
+            self._logger.warning(
+                "consumer has enable_auto_commit=True: kq turns it off and commits "
+                "offsets itself once jobs have finished"
+            )
+            self.client.config["enable_auto_commit"] = False
+            if coordinator is not None:
+                coordinator.config["enable_auto_commit"] = False
+
+    def subscribe(self, topic: str, handler: RebalanceHandler) -> None:
+        from kafka import ConsumerRebalanceListener
+
+        def pairs(tps: Iterable[Any]) -> list[tuple[str, int]]:
+            return [(tp.topic, tp.partition) for tp in tps]
+
+        class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                handler.on_revoked(pairs(revoked))
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                handler.on_assigned(pairs(assigned))
+
+            def on_partitions_lost(self, lost: Any) -> None:
+                handler.on_lost(pairs(lost))
+
+        if self.client.subscription():
+            self.client.unsubscribe()
+        self.client.subscribe(topics=[topic], listener=_Listener())
+        self._topic = topic
+
+    def subscribed_to(self, topic: str) -> bool:
+        return self._topic == topic and self.client.subscription() == {topic}
+
+    def poll(self, timeout: float, max_records: int) -> list[Message]:
+        batches = self.client.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        return [
+            Message(topic=r.topic, partition=r.partition, offset=r.offset, key=r.key, value=r.value)
+            for records in batches.values()
+            for r in records
+        ]
+
+    def assignment(self) -> set[TopicPartition]:
+        return {(tp.topic, tp.partition) for tp in self.client.assignment()}
+
+    def _tps(self, partitions: Iterable[TopicPartition]) -> list[Any]:
+        from kafka import TopicPartition
+
+        return [TopicPartition(t, p) for t, p in partitions]
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self.client.pause(*self._tps(partitions))
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self.client.resume(*self._tps(partitions))
+
+    def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool) -> None:
+        from kafka import OffsetAndMetadata, TopicPartition
+
+        data = {
+            TopicPartition(t, p): OffsetAndMetadata(offset, "", -1)
+            for (t, p), offset in offsets.items()
+        }
+        if asynchronous:
+            self.client.commit_async(offsets=data)
+        else:
+            self.client.commit(offsets=data)
+
+    def unsubscribe(self) -> None:
+        self.client.unsubscribe()
+        self._topic = None
+
+
+def _confluent_group(client: Any) -> str:
+    # librdkafka's serialised group metadata: b"CGMDv2:" + int32 generation +
+    # NUL-terminated group id + ...; the client exposes no other accessor.
+    raw = bytes(client.consumer_group_metadata())
+    if raw.startswith(b"CGMDv") and b":" in raw[:8]:
+        body = raw[raw.index(b":") + 1 + 4 :]
+        return body.split(b"\x00", 1)[0].decode("utf-8", "replace")
+    return "unknown"
+
+
+class _ConfluentConsumer:
+    def __init__(self, client: Any, logger: logging.Logger) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka import TopicPartition as CTP
+
+        self.client = client
+        self._logger = logger
+        self._hosts: str | None = None
+        self._topic: str | None = None
+        self.group = _confluent_group(client)
+        # With enable.auto.offset.store on (librdkafka's default), every record
+        # poll() returns is stored and auto-committed before its job has run.
+        # The client hides its settings, but store_offsets() refuses in exactly
+        # that mode, so probe it with a partition nobody owns.
+        try:
+            client.store_offsets(offsets=[CTP("__kq_probe__", 0, 0)])
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError._INVALID_ARG:
+                fail_value(
+                    "confluent-kafka consumer must be created with "
+                    "'enable.auto.offset.store': False (and preferably "
+                    "'enable.auto.commit': False): otherwise it commits offsets "
+                    "of jobs that have not finished; kq stores and commits them itself"
+                )
+        self.resolve_hosts()
+
+    @property
+    def hosts(self) -> str:
+        # Never network I/O here: reprs (and so log lines) read it, also in
+        # forked job processes where the client's threads do not exist.
+        return self._hosts or "unknown"
+
+    def resolve_hosts(self, timeout: float = 2.0) -> None:
+        """Learn the brokers' addresses (confluent-kafka hides its configuration)."""
+        if self._hosts is not None:
+            return
+        try:
+            brokers = self.client.list_topics(timeout=timeout).brokers.values()
+        except Exception:
+            return
+        self._hosts = ",".join(sorted(f"{b.host}:{b.port}" for b in brokers)) or None
+
+    def subscribe(self, topic: str, handler: RebalanceHandler) -> None:
+        def pairs(tps: Iterable[Any]) -> list[tuple[str, int]]:
+            return [(tp.topic, tp.partition) for tp in tps]
+
+        self.client.subscribe(
+            [topic],
+            on_assign=lambda _c, tps: handler.on_assigned(pairs(tps)),
+            on_revoke=lambda _c, tps: handler.on_revoked(pairs(tps)),
+            on_lost=lambda _c, tps: handler.on_lost(pairs(tps)),
+        )
+        self._topic = topic
+
+    def subscribed_to(self, topic: str) -> bool:
+        return self._topic == topic
+
+    def poll(self, timeout: float, max_records: int) -> list[Message]:
+        from confluent_kafka import KafkaError, KafkaException
+
+        out: list[Message] = []
+        for m in self.client.consume(num_messages=max_records, timeout=timeout):
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self._logger.warning("Consumer error: %s", err)
+                continue
+            out.append(
+                Message(
+                    topic=m.topic(),
+                    partition=m.partition(),
+                    offset=m.offset(),
+                    key=m.key(),
+                    value=m.value() if m.value() is not None else b"",
+                )
+            )
+        return out
+
+    def assignment(self) -> set[TopicPartition]:
+        return {(tp.topic, tp.partition) for tp in self.client.assignment()}
+
+    def _tps(self, partitions: Iterable[TopicPartition], offsets: bool = False) -> list[Any]:
+        from confluent_kafka import TopicPartition as CTP
+
+        return [CTP(t, p) for t, p in partitions]
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        tps = self._tps(partitions)
+        if tps:
+            self.client.pause(tps)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        tps = self._tps(partitions)
+        if tps:
+            self.client.resume(tps)
+
+    def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool) -> None:
+        from confluent_kafka import TopicPartition as CTP
+
+        tps = [CTP(t, p, offset) for (t, p), offset in offsets.items()]
+        if not tps:
+            return
+        # keeps an auto-committing consumer from committing anything else
+        self.client.store_offsets(offsets=tps)
+        self.client.commit(offsets=tps, asynchronous=asynchronous)
+
+    def unsubscribe(self) -> None:
+        self.client.unsubscribe()
+        self._topic = None
+
+
+def adapt_consumer(consumer: Any, logger: logging.Logger) -> ConsumerAdapter:
+    """Wrap a kafka-python ``KafkaConsumer`` or a confluent-kafka ``Consumer``."""
+    from confluent_kafka import Consumer as ConfluentConsumer
+    from kafka import KafkaConsumer
+
+    if isinstance(consumer, KafkaConsumer):
+        return _KafkaPythonConsumer(consumer, logger)
+    if isinstance(consumer, ConfluentConsumer):
+        return _ConfluentConsumer(consumer, logger)
+    fail_type("bad consumer instance")

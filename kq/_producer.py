@@ -1,0 +1,170 @@
+"""One small interface over kafka-python's and confluent-kafka's producers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kq._checks import fail_type
+from kq.errors import EnqueueError
+
+
+@dataclass(frozen=True)
+class Record:
+    """One message to produce."""
+
+    topic: str
+    value: bytes
+    key: bytes | None
+    partition: int | None
+    timestamp_ms: int
+
+
+class ProducerAdapter(Protocol):
+    """What the queue needs from a Kafka producer."""
+
+    client: Any
+
+    @property
+    def hosts(self) -> str: ...
+
+    def send_all(self, records: Sequence[Record], timeout: float) -> list[BaseException | None]:
+        """Send records and wait for the broker's acknowledgement of each.
+
+        Returns one entry per record: None when acknowledged, else the error.
+        """
+        ...
+
+
+def _join_hosts(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return ",".join(str(v) for v in value)
+
+
+class _KafkaPythonProducer:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.hosts = _join_hosts(client.config["bootstrap_servers"])
+
+    def send_all(self, records: Sequence[Record], timeout: float) -> list[BaseException | None]:
+        deadline = time.monotonic() + timeout
+        futures: list[Any] = []
+        errors: list[BaseException | None] = [None] * len(records)
+        for index, rec in enumerate(records):
+            try:
+                futures.append(
+                    self.client.send(
+                        rec.topic,
+                        value=rec.value,
+                        key=rec.key,
+                        partition=rec.partition,
+                        timestamp_ms=rec.timestamp_ms,
+                    )
+                )
+            except Exception as exc:  # e.g. message too large, metadata timeout
+                futures.append(None)
+                errors[index] = exc
+        self.client.flush(timeout=max(deadline - time.monotonic(), 0.001))
+        for index, future in enumerate(futures):
+            if future is None:
+                continue
+            try:
+                future.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except Exception as exc:
+                errors[index] = exc
+        return errors
+
+
+class _ConfluentProducer:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._hosts: str | None = None
+        # confluent's Producer is thread-safe, but our per-call bookkeeping is not
+        self._lock = threading.Lock()
+        self.resolve_hosts()
+
+    @property
+    def hosts(self) -> str:
+        # Never network I/O here: reprs (and so log lines) read it, also in
+        # forked job processes where the client's threads do not exist.
+        return self._hosts or "unknown"
+
+    def resolve_hosts(self, timeout: float = 2.0) -> None:
+        """Learn the brokers' addresses (confluent-kafka hides its configuration)."""
+        if self._hosts is not None:
+            return
+        try:
+            brokers = self.client.list_topics(timeout=timeout).brokers.values()
+        except Exception:
+            return
+        self._hosts = ",".join(sorted(f"{b.host}:{b.port}" for b in brokers)) or None
+
+    def send_all(self, records: Sequence[Record], timeout: float) -> list[BaseException | None]:
+        from confluent_kafka import KafkaException
+
+        deadline = time.monotonic() + timeout
+        errors: list[BaseException | None] = [None] * len(records)
+        pending = [False] * len(records)
+
+        def on_delivery_for(index: int) -> Any:
+            def on_delivery(err: Any, _msg: Any) -> None:
+                pending[index] = False
+                if err is not None:
+                    errors[index] = KafkaException(err)
+
+            return on_delivery
+
+        with self._lock:
+            for index, rec in enumerate(records):
+                kwargs: dict[str, Any] = {
+                    "value": rec.value,
+                    "key": rec.key,
+                    "timestamp": rec.timestamp_ms,
+                    "on_delivery": on_delivery_for(index),
+                }
+                if rec.partition is not None:
+                    kwargs["partition"] = rec.partition
+                while True:
+                    try:
+                        self.client.produce(rec.topic, **kwargs)
+                        pending[index] = True
+                        break
+                    except BufferError as exc:
+                        # local queue full: serve delivery reports to make room
+                        if time.monotonic() >= deadline:
+                            errors[index] = exc
+                            break
+                        self.client.poll(0.05)
+                    except Exception as exc:  # e.g. message too large
+                        errors[index] = exc
+                        break
+            while any(pending):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.client.flush(min(remaining, 0.5))
+        for index, still in enumerate(pending):
+            if still:
+                errors[index] = TimeoutError(f"not acknowledged within {timeout} s")
+        return errors
+
+
+def adapt_producer(producer: Any) -> ProducerAdapter:
+    """Wrap a kafka-python ``KafkaProducer`` or a confluent-kafka ``Producer``."""
+    from confluent_kafka import Producer as ConfluentProducer
+    from kafka import KafkaProducer
+
+    if isinstance(producer, KafkaProducer):
+        return _KafkaPythonProducer(producer)
+    if isinstance(producer, ConfluentProducer):
+        return _ConfluentProducer(producer)
+    fail_type("bad producer instance")
+
+
+def raise_for(topic: str, error: BaseException) -> None:
+    """Raise the kq error for one failed record."""
+    raise EnqueueError(topic, f"{type(error).__name__}: {error}", error) from error

@@ -1,0 +1,93 @@
+"""Kafka clients with the settings kq relies on, from just a bootstrap address."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from kq._checks import fail_value
+
+ClientName = Literal["confluent", "kafka-python"]
+
+
+def make_producer(
+    bootstrap_servers: str,
+    *,
+    client: ClientName = "confluent",
+    delivery_timeout: float = 30.0,
+    **config: Any,
+) -> Any:
+    """Return a durable producer: acks from all in-sync replicas, idempotent.
+
+    With confluent-kafka the partitioner is murmur2 (as in Java and kafka-python),
+    so a key maps to the same partition whichever client enqueued it.
+    ``config`` is passed to the client as is and wins over kq's choices.
+    """
+    timeout_ms = int(delivery_timeout * 1000)
+    if client == "confluent":
+        from confluent_kafka import Producer
+
+        settings: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            "partitioner": "murmur2_random",
+            "message.timeout.ms": timeout_ms,
+        }
+        settings.update(config)
+        return Producer(settings)
+    if client == "kafka-python":
+        from kafka import KafkaProducer
+
+        kp_settings: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers,
+            "acks": "all",
+            "linger_ms": 2,
+            "max_block_ms": timeout_ms,
+            "request_timeout_ms": min(timeout_ms, 30000),
+        }
+        kp_settings.update(config)
+        return KafkaProducer(**kp_settings)
+    fail_value(f"client must be 'confluent' or 'kafka-python', not {client!r}")
+
+
+def make_consumer(
+    bootstrap_servers: str,
+    group: str,
+    *,
+    client: ClientName = "confluent",
+    **config: Any,
+) -> Any:
+    """Return a consumer for a worker: no auto-commit, earliest offset for a new group.
+
+    Starting from the earliest offset means jobs enqueued before the group's
+    first worker are not skipped. ``config`` wins over kq's choices.
+    """
+    if client == "confluent":
+        from confluent_kafka import Consumer
+
+        settings: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 1000,
+        }
+        settings.update(config)
+        return Consumer(settings)
+    if client == "kafka-python":
+        from kafka import KafkaConsumer
+
+        kp_settings: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers,
+            "group_id": group,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "session_timeout_ms": 10000,
+            "heartbeat_interval_ms": 1000,
+        }
+        kp_settings.update(config)
+        return KafkaConsumer(**kp_settings)
+    fail_value(f"client must be 'confluent' or 'kafka-python', not {client!r}")

@@ -1,0 +1,50 @@
+"""Exceptions raised by kq.
+
+Argument errors are both the natural built-in type (``TypeError`` or
+``ValueError``) and ``AssertionError``: KQ validated with ``assert``, so code
+written against KQ that catches ``AssertionError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class KQError(Exception):
+    """Base class of kq's own runtime errors."""
+
+
+class EnqueueError(KQError):
+    """A job could not be durably written to Kafka.
+
+    ``topic`` names the topic and ``cause`` holds the client's error, if any.
+    When this is raised, the job was not acknowledged by the broker.
+    """
+
+    def __init__(self, topic: str, reason: str, cause: BaseException | None = None) -> None:
+        self.topic = topic
+        self.reason = reason
+        self.cause = cause
+        super().__init__(f"could not enqueue to topic {topic!r}: {reason}")
+
+
+class JobProcessError(KQError):
+    """A job run in a child process ended without reporting a result."""
+
+
+class RemoteJobError(KQError):
+    """A job raised an exception that could not be sent back from its child process.
+
+    ``type_name`` is the qualified name of the original exception class.
+    """
+
+    def __init__(self, type_name: str, text: str) -> None:
+        self.type_name = type_name
+        self.text = text
+        super().__init__(f"{type_name}: {text}")
+
+
+class ArgumentTypeError(TypeError, AssertionError):
+    """An argument has the wrong type (also an ``AssertionError``, as in KQ)."""
+
+
+class ArgumentValueError(ValueError, AssertionError):
+    """An argument has a wrong value (also an ``AssertionError``, as in KQ)."""

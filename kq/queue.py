@@ -1,0 +1,221 @@
+"""The queue: turns function calls into jobs in a Kafka topic."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import dill
+
+from kq._checks import (
+    check_bytes_or_none,
+    check_callable_or_none,
+    check_int_or_none,
+    check_logger,
+    check_str,
+    check_timeout,
+    fail_type,
+    is_number,
+)
+from kq._producer import ProducerAdapter, Record, adapt_producer, raise_for
+from kq.clients import ClientName, make_producer
+from kq.job import Job
+
+
+class EnqueueSpec:
+    """Enqueues with defaults (timeout, key, partition) that a Job's own fields override."""
+
+    __slots__ = ("_key", "_partition", "_queue", "_timeout")
+
+    def __init__(
+        self,
+        queue: Queue,
+        timeout: int | float,
+        key: bytes | None,
+        partition: int | None,
+    ) -> None:
+        if not is_number(timeout):
+            fail_type("timeout must be an int or float")
+        check_timeout(timeout)
+        check_bytes_or_none(key, "key must be a bytes")
+        check_int_or_none(partition, "partition must be an int")
+        self._queue = queue
+        self._timeout = timeout
+        self._key = key
+        self._partition = partition
+
+    def _build(self, obj: Callable[..., Any] | Job, args: Any, kwargs: dict[str, Any]) -> Job:
+        timestamp = int(time.time() * 1000)
+        if isinstance(obj, Job):
+            job_id = uuid.uuid4().hex if obj.id is None else obj.id
+            check_str(job_id, "Job.id must be a str")
+            if not callable(obj.func):
+                fail_type("Job.func must be a callable")
+            if obj.args is not None and not isinstance(obj.args, (list, tuple)):
+                fail_type("Job.args must be a list or tuple")
+            job_kwargs = {} if obj.kwargs is None else obj.kwargs
+            if not isinstance(job_kwargs, dict):
+                fail_type("Job.kwargs must be a dict")
+            timeout = self._timeout if obj.timeout is None else obj.timeout
+            check_timeout(timeout, "Job.timeout must be an int or float")
+            key = self._key if obj.key is None else obj.key
+            check_bytes_or_none(key, "Job.key must be a bytes")
+            partition = self._partition if obj.partition is None else obj.partition
+            check_int_or_none(partition, "Job.partition must be an int")
+            return Job(
+                id=job_id,
+                timestamp=timestamp,
+                topic=self._queue.topic,
+                func=obj.func,
+                args=tuple(obj.args or ()),
+                kwargs=job_kwargs,
+                timeout=timeout,
+                key=key,
+                partition=partition,
+            )
+        if not callable(obj):
+            fail_type("first argument must be a callable")
+        return Job(
+            id=uuid.uuid4().hex,
+            timestamp=timestamp,
+            topic=self._queue.topic,
+            func=obj,
+            args=args,
+            kwargs=kwargs,
+            timeout=self._timeout,
+            key=self._key,
+            partition=self._partition,
+        )
+
+    def enqueue(self, func: Callable[..., Any] | Job, *args: Any, **kwargs: Any) -> Job:
+        """Send a call (or a Job) to the topic; return the Job once the broker acknowledged it.
+
+        Raises ``kq.EnqueueError`` naming the topic and cause when the job cannot
+        be durably written within the queue's ``delivery_timeout``.
+        """
+        job = self._build(func, args, kwargs)
+        queue = self._queue
+        queue.logger.info("Enqueueing %s ...", job)
+        try:
+            value = queue.serializer(job)
+        except Exception as exc:
+            raise_for(queue.topic, exc)
+        record = Record(queue.topic, value, job.key, job.partition, job.timestamp or 0)
+        error = queue._adapter.send_all([record], queue.delivery_timeout)[0]
+        if error is not None:
+            raise_for(queue.topic, error)
+        return job
+
+
+class Queue:
+    """Enqueues function calls as jobs in a Kafka topic.
+
+    ``producer`` is a kafka-python ``KafkaProducer`` or a confluent-kafka
+    ``Producer``. ``enqueue`` returns only once the broker has acknowledged
+    the job, or raises ``kq.EnqueueError`` within ``delivery_timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        producer: Any,
+        serializer: Callable[..., bytes] | None = None,
+        timeout: int | float = 0,
+        logger: logging.Logger | None = None,
+        *,
+        delivery_timeout: float = 30.0,
+    ) -> None:
+        check_str(topic, "topic must be a str")
+        self._adapter: ProducerAdapter = adapt_producer(producer)
+        check_callable_or_none(serializer, "serializer must be a callable")
+        check_timeout(timeout)
+        check_logger(logger)
+        if not is_number(delivery_timeout) or delivery_timeout <= 0:
+            fail_type("delivery_timeout must be a positive int or float")
+        self._topic = topic
+        self._serializer: Callable[..., bytes] = serializer or dill.dumps
+        self._timeout = timeout
+        self._logger = logger or logging.getLogger("kq.queue")
+        self._delivery_timeout = float(delivery_timeout)
+        self._default = EnqueueSpec(self, timeout, None, None)
+
+    @classmethod
+    def connect(cls, bootstrap_servers: str, topic: str, **options: Any) -> Queue:
+        """A ready Queue from a bootstrap address (see ``kq.queue.connect_queue``)."""
+        return connect_queue(bootstrap_servers, topic, **options)
+
+    def __repr__(self) -> str:
+        """Show hosts and topic."""
+        return f"Queue(hosts={self.hosts}, topic={self._topic})"
+
+    @property
+    def hosts(self) -> str:
+        """The producer's bootstrap servers."""
+        return self._adapter.hosts
+
+    @property
+    def topic(self) -> str:
+        """The topic jobs are sent to."""
+        return self._topic
+
+    @property
+    def producer(self) -> Any:
+        """The Kafka producer as given."""
+        return self._adapter.client
+
+    @property
+    def serializer(self) -> Callable[..., bytes]:
+        """Turns a Job into bytes (default ``dill.dumps``)."""
+        return self._serializer
+
+    @property
+    def timeout(self) -> int | float:
+        """Default job timeout in seconds (0: no limit)."""
+        return self._timeout
+
+    @property
+    def logger(self) -> logging.Logger:
+        """Where enqueues are logged."""
+        return self._logger
+
+    @property
+    def delivery_timeout(self) -> float:
+        """Seconds ``enqueue`` waits for the broker's acknowledgement before raising."""
+        return self._delivery_timeout
+
+    def enqueue(self, func: Callable[..., Any] | Job, *args: Any, **kwargs: Any) -> Job:
+        """Enqueue a function call or a Job; see ``EnqueueSpec.enqueue``."""
+        return self._default.enqueue(func, *args, **kwargs)
+
+    def using(
+        self,
+        timeout: int | float | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+    ) -> EnqueueSpec:
+        """Return an object whose ``enqueue`` uses these defaults (a Job's own fields win)."""
+        if timeout is not None and not is_number(timeout):
+            fail_type("timeout must be an int or float")
+        return EnqueueSpec(self, timeout or self._timeout, key, partition)
+
+
+def connect_queue(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    client: ClientName = "confluent",
+    delivery_timeout: float = 30.0,
+    producer_config: dict[str, Any] | None = None,
+    **queue_options: Any,
+) -> Queue:
+    """A ready Queue from a bootstrap address, with a durable producer made by kq."""
+    producer = make_producer(
+        bootstrap_servers,
+        client=client,
+        delivery_timeout=delivery_timeout,
+        **(producer_config or {}),
+    )
+    return Queue(topic, producer, delivery_timeout=delivery_timeout, **queue_options)

@@ -1,0 +1,105 @@
+"""Pure logic needing no broker: call descriptions, isolated runs, lanes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from kq._calls import call_repr
+from kq._isolate import run_inline, run_isolated
+from kq._lanes import Lanes
+from kq.errors import JobProcessError
+from kq.job import Job
+from kq.message import Message
+
+
+def _sleepy(seconds: float) -> str:
+    time.sleep(seconds)
+    return "woke"
+
+
+def _generator() -> object:
+    return (n for n in range(3))  # generators cannot be pickled, even by dill
+
+
+def test_call_repr_matches_kq() -> None:
+    assert call_repr(_sleepy, (1,), {"b": 2, "a": "x"}) == "test_units._sleepy(1, a='x', b=2)"
+    assert call_repr(len, ("ab",), {}) == "builtins.len('ab')"
+
+
+def test_isolated_run_returns_value_exception_and_timeout() -> None:
+    never = threading.Event()
+    ok = run_isolated(Job(func=_sleepy, args=(0,)), 10, never)
+    assert (ok.status, ok.value) == ("success", "woke")
+    failed = run_isolated(Job(func=int, args=("x",)), 10, never)
+    assert failed.status == "failure" and isinstance(failed.exception, ValueError)
+    assert failed.stacktrace and "ValueError" in failed.stacktrace
+    slow = run_isolated(Job(func=_sleepy, args=(30,)), 0.5, never)
+    assert slow.status == "timeout"
+
+
+def test_isolated_child_that_dies_is_a_failure() -> None:
+    result = run_isolated(Job(func=__import__("os")._exit, args=(3,)), 10, threading.Event())
+    assert result.status == "failure"
+    assert isinstance(result.exception, JobProcessError)
+    assert "exit code 3" in str(result.exception)
+
+
+def test_unpicklable_result_is_a_failure_naming_it() -> None:
+    result = run_isolated(Job(func=_generator), 10, threading.Event())
+    assert result.status == "failure"
+    assert "could not be sent back" in str(result.exception)
+
+
+def test_abort_stops_isolated_job() -> None:
+    abort = threading.Event()
+    threading.Timer(0.3, abort.set).start()
+    assert run_isolated(Job(func=_sleepy, args=(30,)), 60, abort).status == "aborted"
+
+
+def test_inline_catches_system_exit() -> None:
+    result = run_inline(Job(func=__import__("sys").exit, args=(2,)))
+    assert result.status == "failure" and isinstance(result.exception, SystemExit)
+
+
+def test_lanes_keep_key_order_and_run_keys_in_parallel() -> None:
+    seen: list[tuple[bytes | None, int]] = []
+    lock = threading.Lock()
+    running = 0
+    peak = 0
+
+    def handle(m: Message) -> bool:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.01)
+        with lock:
+            running -= 1
+            seen.append((m.key, m.offset))
+        return True
+
+    finished: list[int] = []
+    lanes = Lanes(4, handle, lambda m, ok: finished.append(m.offset))
+    keys = [b"a", b"b", b"c", b"d"]
+    messages = [Message("t", 0, i, keys[i % 4], b"") for i in range(40)]
+    lanes.submit(messages)
+    assert lanes.wait_idle(timeout=30)
+    lanes.close()
+    assert len(finished) == 40
+    for key in keys:
+        offsets = [o for k, o in seen if k == key]
+        assert offsets == sorted(offsets)
+    assert peak > 1
+
+
+def test_lanes_discard_removes_only_queued_messages_of_partition() -> None:
+    gate = threading.Event()
+    lanes = Lanes(1, lambda m: gate.wait(10), lambda m, ok: None)
+    lanes.submit([Message("t", p, o, None, b"") for o in range(3) for p in (0, 1)])
+    time.sleep(0.1)
+    removed = lanes.discard([("t", 1)])
+    assert {(m.partition) for m in removed} == {1}
+    gate.set()
+    assert lanes.wait_idle(timeout=10)
+    lanes.close()
