@@ -1,11 +1,19 @@
 """kq: a job queue for Python on Apache Kafka, drop-in for KQ."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kq.clients import make_consumer, make_producer
 from kq.errors import ArgumentTypeError, ArgumentValueError, EnqueueError, KQError
 from kq.job import Job
 from kq.message import Message
 from kq.queue import EnqueueSpec, Queue
 from kq.version import __version__
 from kq.worker import Worker
+
+if TYPE_CHECKING:
+    from kq.local import LocalKafka, LocalKafkaError
 
 __all__ = [
     "ArgumentTypeError",
@@ -14,8 +22,22 @@ __all__ = [
     "EnqueueSpec",
     "Job",
     "KQError",
+    "LocalKafka",
+    "LocalKafkaError",
     "Message",
     "Queue",
     "Worker",
     "__version__",
+    "make_consumer",
+    "make_producer",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so `python -m kq.local` does not find kq.local
+    # already in sys.modules (runpy warns about that) and `import kq` stays light.
+    if name in ("LocalKafka", "LocalKafkaError"):
+        from kq import local
+
+        return getattr(local, name)
+    raise AttributeError(f"module 'kq' has no attribute {name!r}")

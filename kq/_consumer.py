@@ -36,6 +36,9 @@ class ConsumerAdapter(Protocol):
 
     def resolve_hosts(self, timeout: float = 2.0) -> None: ...
 
+    def max_poll_interval(self) -> float | None:
+        """The consumer's ``max.poll.interval`` in seconds, when the client tells it."""
+
     def subscribe(self, topic: str, handler: RebalanceHandler) -> None: ...
 
     def subscribed_to(self, topic: str) -> bool: ...
@@ -72,6 +75,9 @@ class _KafkaPythonConsumer:
 
     def resolve_hosts(self, timeout: float = 2.0) -> None:
         """Nothing to learn: kafka-python keeps its configuration readable."""
+
+    def max_poll_interval(self) -> float | None:
+        return float(self.client.config["max_poll_interval_ms"]) / 1000.0
 
     def neutralise_auto_commit(self) -> None:
         coordinator = getattr(self.client, "_coordinator", None)
@@ -191,6 +197,9 @@ class _ConfluentConsumer:
         # Never network I/O here: reprs (and so log lines) read it, also in
         # forked job processes where the client's threads do not exist.
         return self._hosts or "unknown"
+
+    def max_poll_interval(self) -> float | None:
+        return None  # confluent-kafka does not expose its configuration
 
     def resolve_hosts(self, timeout: float = 2.0) -> None:
         """Learn the brokers' addresses (confluent-kafka hides its configuration)."""

@@ -97,15 +97,23 @@ class Lanes:
         return False
 
     def wait_idle(
-        self, partitions: Iterable[TopicPartition] | None = None, timeout: float | None = None
+        self,
+        partitions: Iterable[TopicPartition] | None = None,
+        timeout: float | None = None,
+        interrupt: threading.Event | None = None,
     ) -> bool:
-        """Wait until no job of these partitions runs or waits; False on timeout."""
+        """Wait until no job of these partitions runs or waits.
+
+        False on timeout, or as soon as ``interrupt`` is set.
+        """
         parts = None if partitions is None else list(partitions)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self.busy(parts):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
+                    return False
+                if interrupt is not None and interrupt.is_set():
                     return False
                 self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
         return True

@@ -45,6 +45,8 @@ def make_producer(
             "linger_ms": 2,
             "max_block_ms": timeout_ms,
             "request_timeout_ms": min(timeout_ms, 30000),
+            # Without it the constructor waits 30 s for an unreachable broker.
+            "bootstrap_timeout_ms": timeout_ms,
         }
         kp_settings.update(config)
         return KafkaProducer(**kp_settings)
@@ -61,7 +63,9 @@ def make_consumer(
     """Return a consumer for a worker: no auto-commit, earliest offset for a new group.
 
     Starting from the earliest offset means jobs enqueued before the group's
-    first worker are not skipped. ``config`` wins over kq's choices.
+    first worker are not skipped. Partitions are assigned cooperative-sticky,
+    so a worker joining or leaving does not take partitions (and their running
+    jobs) from the others unless they must move. ``config`` wins over kq's choices.
     """
     if client == "confluent":
         from confluent_kafka import Consumer
@@ -74,11 +78,15 @@ def make_consumer(
             "auto.offset.reset": "earliest",
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 1000,
+            "partition.assignment.strategy": "cooperative-sticky",
         }
         settings.update(config)
         return Consumer(settings)
     if client == "kafka-python":
         from kafka import KafkaConsumer
+        from kafka.coordinator.assignors.cooperative_sticky import (
+            CooperativeStickyAssignor,
+        )
 
         kp_settings: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers,
@@ -87,6 +95,7 @@ def make_consumer(
             "auto_offset_reset": "earliest",
             "session_timeout_ms": 10000,
             "heartbeat_interval_ms": 1000,
+            "partition_assignment_strategy": (CooperativeStickyAssignor,),
         }
         kp_settings.update(config)
         return KafkaConsumer(**kp_settings)

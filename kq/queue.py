@@ -140,7 +140,6 @@ class Queue:
         self._timeout = timeout
         self._logger = logger or logging.getLogger("kq.queue")
         self._delivery_timeout = float(delivery_timeout)
-        self._default = EnqueueSpec(self, timeout, None, None)
 
     @classmethod
     def connect(cls, bootstrap_servers: str, topic: str, **options: Any) -> Queue:
@@ -188,7 +187,9 @@ class Queue:
 
     def enqueue(self, func: Callable[..., Any] | Job, *args: Any, **kwargs: Any) -> Job:
         """Enqueue a function call or a Job; see ``EnqueueSpec.enqueue``."""
-        return self._default.enqueue(func, *args, **kwargs)
+        # A spec per call rather than one kept on self: a cycle would keep the
+        # producer (and its connections) alive until the garbage collector runs.
+        return EnqueueSpec(self, self._timeout, None, None).enqueue(func, *args, **kwargs)
 
     def using(
         self,

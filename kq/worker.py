@@ -253,13 +253,22 @@ class Worker:
         """Rebalance: commit what finished before the partitions go."""
         self._logger.info("Partitions revoked: %s", partitions)
         self._lanes.discard(partitions)
-        if not self._lanes.wait_idle(partitions, self._shutdown_timeout):
+        if not self._lanes.wait_idle(partitions, self._revoke_wait(), self._abort):
             self._logger.warning(
                 "Jobs of revoked partitions still running; their offsets will not be committed"
             )
         self._drain()
         self._commit(asynchronous=False, partitions=set(partitions))
         self._tracker.drop(partitions)
+
+    def _revoke_wait(self) -> float:
+        # The group waits for this member's rejoin only up to its max.poll.interval
+        # (the rebalance timeout): waiting longer for running jobs would get the
+        # worker thrown out, so wait half of it at most (300 s is the default).
+        limit = (self._consumer.max_poll_interval() or 300.0) / 2
+        if self._shutdown_timeout is None:
+            return limit
+        return min(limit, self._shutdown_timeout)
 
     def on_lost(self, partitions: list[TopicPartition]) -> None:
         """Rebalance: partitions already owned by others; commit nothing for them."""
@@ -376,9 +385,13 @@ class Worker:
             timeout: float | None = 0.5
         else:
             timeout = self._shutdown_timeout
-        if not self._lanes.wait_idle(timeout=timeout):
-            self._abort.set()
-            self._logger.warning("Running jobs did not finish in time; they will run again")
+        # A second signal (or stop(immediately=True)) during this wait ends it.
+        if not self._lanes.wait_idle(timeout=timeout, interrupt=self._abort):
+            if self._abort.is_set():
+                self._logger.warning("Stopping at once; running jobs will run again")
+            else:
+                self._abort.set()
+                self._logger.warning("Running jobs did not finish in time; they will run again")
             self._lanes.wait_idle(timeout=1.0)
         self._drain()
         self._commit(asynchronous=False)

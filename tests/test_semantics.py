@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,9 @@ def _committed_after_sigterm(
     group = group_name()
     proc = _spawn_worker(bootstrap, topic, group, client)
     assert wait_for(lambda: starts(ledger)["running"] == 1, timeout=90), "job never started"
-    for _ in range(signals):
+    for n in range(signals):
+        if n:
+            time.sleep(1.0)  # signals sent together reach Python as one
         proc.send_signal(signal.SIGTERM)
     code, out, _err = _finish(proc, timeout=60)
     return committed(bootstrap, group, topic), ledger, code if "processed" in out else -1
