@@ -5,10 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kq.clients import make_consumer, make_producer
-from kq.errors import ArgumentTypeError, ArgumentValueError, EnqueueError, KQError
+from kq.errors import (
+    ArgumentTypeError,
+    ArgumentValueError,
+    BatchEnqueueError,
+    EnqueueError,
+    KQError,
+)
 from kq.job import Job
 from kq.message import Message
-from kq.queue import EnqueueSpec, Queue
+from kq.queue import Batch, EnqueueSpec, Queue
 from kq.version import __version__
 from kq.worker import Worker
 
@@ -18,6 +24,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ArgumentTypeError",
     "ArgumentValueError",
+    "Batch",
+    "BatchEnqueueError",
     "EnqueueError",
     "EnqueueSpec",
     "Job",

@@ -7,6 +7,8 @@ written against KQ that catches ``AssertionError`` keeps working.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class KQError(Exception):
     """Base class of kq's own runtime errors."""
@@ -24,6 +26,29 @@ class EnqueueError(KQError):
         self.reason = reason
         self.cause = cause
         super().__init__(f"could not enqueue to topic {topic!r}: {reason}")
+
+
+class BatchEnqueueError(EnqueueError):
+    """Some jobs of a batch could not be durably written; the others were.
+
+    ``failed`` lists ``(job, cause)`` for exactly the jobs not acknowledged, in
+    enqueue order; ``acknowledged`` lists the jobs the broker acknowledged.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        failed: list[tuple[Any, BaseException]],
+        acknowledged: list[Any],
+    ) -> None:
+        self.failed = failed
+        self.acknowledged = acknowledged
+        first = failed[0][1]
+        reason = (
+            f"{len(failed)} of {len(failed) + len(acknowledged)} jobs failed"
+            f" (first: {type(first).__name__}: {first})"
+        )
+        super().__init__(topic, reason, first)
 
 
 class JobProcessError(KQError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import dill
@@ -18,11 +18,14 @@ from kq._checks import (
     check_str,
     check_timeout,
     fail_type,
+    fail_value,
     is_number,
 )
 from kq._producer import ProducerAdapter, Record, adapt_producer, raise_for
 from kq.clients import ClientName, make_producer
+from kq.errors import BatchEnqueueError
 from kq.job import Job
+from kq.serialization import dumps as fast_dumps
 
 
 class EnqueueSpec:
@@ -90,6 +93,15 @@ class EnqueueSpec:
             partition=self._partition,
         )
 
+    def _record(self, job: Job) -> Record:
+        queue = self._queue
+        queue.logger.info("Enqueueing %s ...", job)
+        try:
+            value = queue._encode(job)
+        except Exception as exc:
+            raise_for(queue.topic, exc)
+        return Record(queue.topic, value, job.key, job.partition, job.timestamp or 0)
+
     def enqueue(self, func: Callable[..., Any] | Job, *args: Any, **kwargs: Any) -> Job:
         """Send a call (or a Job) to the topic; return the Job once the broker acknowledged it.
 
@@ -97,17 +109,89 @@ class EnqueueSpec:
         be durably written within the queue's ``delivery_timeout``.
         """
         job = self._build(func, args, kwargs)
+        record = self._record(job)
         queue = self._queue
-        queue.logger.info("Enqueueing %s ...", job)
-        try:
-            value = queue.serializer(job)
-        except Exception as exc:
-            raise_for(queue.topic, exc)
-        record = Record(queue.topic, value, job.key, job.partition, job.timestamp or 0)
         error = queue._adapter.send_all([record], queue.delivery_timeout)[0]
         if error is not None:
             raise_for(queue.topic, error)
         return job
+
+    def batch(self, max_pending: int = 10_000) -> Batch:
+        """A batch whose enqueues use these defaults; see ``Queue.batch``."""
+        return Batch(self, max_pending)
+
+
+class Batch:
+    """Enqueues sent together and confirmed together: fast, and durable on exit.
+
+    ``enqueue`` builds and serializes the job and returns it at once; every
+    ``max_pending`` jobs, and on ``flush()`` or leaving the ``with`` block, the
+    pending jobs go to Kafka and kq waits for the broker to acknowledge each.
+    Jobs that could not be written are reported together in one
+    ``kq.BatchEnqueueError`` (raised by ``flush`` or on exit), each with its cause.
+    """
+
+    __slots__ = ("_acknowledged", "_failed", "_jobs", "_max_pending", "_records", "_spec")
+
+    def __init__(self, spec: EnqueueSpec, max_pending: int = 10_000) -> None:
+        if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1:
+            fail_value("max_pending must be an int, 1 or greater")
+        self._spec = spec
+        self._max_pending = max_pending
+        self._jobs: list[Job] = []
+        self._records: list[Record] = []
+        self._acknowledged: list[Job] = []
+        self._failed: list[tuple[Job, BaseException]] = []
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        # Also on an exception in the block: what was enqueued is sent, not dropped.
+        self._send()
+        if exc_type is None:
+            self._raise_failures()
+
+    def enqueue(self, func: Callable[..., Any] | Job, *args: Any, **kwargs: Any) -> Job:
+        """Add a call (or a Job) to the batch, as ``Queue.enqueue`` builds it; return the Job."""
+        job = self._spec._build(func, args, kwargs)
+        self._records.append(self._spec._record(job))
+        self._jobs.append(job)
+        if len(self._records) >= self._max_pending:
+            self._send()
+        return job
+
+    def flush(self) -> list[Job]:
+        """Send what is pending and wait; return all acknowledged jobs of the batch so far.
+
+        Raises ``kq.BatchEnqueueError`` if any job of the batch failed.
+        """
+        self._send()
+        self._raise_failures()
+        return list(self._acknowledged)
+
+    @property
+    def acknowledged(self) -> list[Job]:
+        """Jobs of this batch the broker has acknowledged so far, in enqueue order."""
+        return list(self._acknowledged)
+
+    def _send(self) -> None:
+        if not self._records:
+            return
+        queue = self._spec._queue
+        records, jobs = self._records, self._jobs
+        self._records, self._jobs = [], []
+        errors = queue._adapter.send_all(records, queue.delivery_timeout)
+        for job, error in zip(jobs, errors, strict=True):
+            if error is None:
+                self._acknowledged.append(job)
+            else:
+                self._failed.append((job, error))
+
+    def _raise_failures(self) -> None:
+        if self._failed:
+            failed, self._failed = self._failed, []
+            raise BatchEnqueueError(self._spec._queue.topic, failed, list(self._acknowledged))
 
 
 class Queue:
@@ -137,6 +221,9 @@ class Queue:
             fail_type("delivery_timeout must be a positive int or float")
         self._topic = topic
         self._serializer: Callable[..., bytes] = serializer or dill.dumps
+        # KQ's default, dill.dumps, is served by kq.serialization.dumps: the same
+        # bytes for importable jobs at a tenth of the cost.
+        self._encode = fast_dumps if self._serializer is dill.dumps else self._serializer
         self._timeout = timeout
         self._logger = logger or logging.getLogger("kq.queue")
         self._delivery_timeout = float(delivery_timeout)
@@ -190,6 +277,29 @@ class Queue:
         # A spec per call rather than one kept on self: a cycle would keep the
         # producer (and its connections) alive until the garbage collector runs.
         return EnqueueSpec(self, self._timeout, None, None).enqueue(func, *args, **kwargs)
+
+    def batch(self, max_pending: int = 10_000) -> Batch:
+        """A ``Batch``: enqueue many jobs fast, durably confirmed on ``flush`` or exit.
+
+        ::
+
+            with queue.batch() as batch:
+                for n in range(100_000):
+                    batch.enqueue(work, n)
+            # here every job is acknowledged, or kq.BatchEnqueueError was raised
+        """
+        return Batch(EnqueueSpec(self, self._timeout, None, None), max_pending)
+
+    def enqueue_many(self, jobs: Iterable[Callable[..., Any] | Job]) -> list[Job]:
+        """Enqueue Jobs (or argument-less callables) together; return them once acknowledged.
+
+        Each item is built as ``enqueue`` builds it. Raises ``kq.BatchEnqueueError``
+        listing exactly the jobs that failed (the others are durably enqueued).
+        """
+        with self.batch() as batch:
+            for item in jobs:
+                batch.enqueue(item)
+        return batch.acknowledged
 
     def using(
         self,
