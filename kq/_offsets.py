@@ -50,7 +50,8 @@ class OffsetTracker:
         if tp is not None:
             part = self._parts.get(tp)
             return 0 if part is None else len(part.pending) - len(part.done)
-        return sum(len(p.pending) - len(p.done) for p in self._parts.values())
+        # list(): other threads may read this (Worker.in_flight) while the loop updates it
+        return sum(len(p.pending) - len(p.done) for p in list(self._parts.values()))
 
     def committable(
         self, partitions: set[TopicPartition] | None = None
