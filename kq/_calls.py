@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from kq._loop import run_coroutine
 from kq.job import Job
 
 
@@ -23,17 +23,16 @@ def call_repr(func: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> st
     return f"{name}({', '.join(parts)})"
 
 
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
+def invoke(job: Job, run_awaitable: Callable[[Awaitable[Any]], Any] | None = None) -> Any:
+    """Call the job's function; an awaitable result is run to completion.
 
-
-def invoke(job: Job) -> Any:
-    """Call the job's function; an awaitable result is run to completion."""
+    ``run_awaitable`` runs it (the worker's shared loop); by default a fresh
+    loop does, as in a job's child process.
+    """
     func = job.func
     if func is None:
         raise TypeError("Job.func must be a callable")
     result = func(*(job.args or ()), **(job.kwargs or {}))
     if inspect.isawaitable(result):
-        # each coroutine job gets its own loop: the worker thread has none
-        result = asyncio.run(_await(result))
+        result = (run_awaitable or run_coroutine)(result)
     return result

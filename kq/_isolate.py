@@ -24,6 +24,7 @@ from typing import Any
 import dill
 
 from kq._calls import invoke
+from kq._loop import Cancelled, EventLoopThread
 from kq.errors import JobProcessError, RemoteJobError
 from kq.job import Job
 
@@ -40,10 +41,12 @@ class Result:
     stacktrace: str | None = None
 
 
-def run_inline(job: Job) -> Result:
-    """Run the job in this thread (no timeout)."""
+def run_inline(job: Job, loop: EventLoopThread, abort: threading.Event) -> Result:
+    """Run the job in this thread (no timeout); a coroutine on the shared ``loop``."""
     try:
-        value = invoke(job)
+        value = invoke(job, lambda awaitable: loop.run(awaitable, abort))
+    except Cancelled:
+        return Result("aborted")
     except (Exception, SystemExit) as exc:  # sys.exit() in a job must not end the thread
         return Result("failure", exception=exc, stacktrace=traceback.format_exc())
     return Result("success", value=value)

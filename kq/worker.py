@@ -18,6 +18,7 @@ from kq._checks import check_callable_or_none, check_logger, check_str, fail_val
 from kq._consumer import TopicPartition, adapt_consumer
 from kq._isolate import Result, run_inline, run_isolated
 from kq._lanes import Lanes
+from kq._loop import EventLoopThread
 from kq._offsets import OffsetTracker
 from kq.clients import ClientName, make_consumer
 from kq.job import Job
@@ -27,6 +28,11 @@ from kq.serialization import loads as fast_loads
 Callback = Callable[[str, Message, "Job | None", Any, "BaseException | None", "str | None"], Any]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+# How long a worker at its in-flight cap waits for jobs to finish before it
+# pauses its partitions (and keeps polling, paused, to stay in the group).
+_PAUSE_AFTER = 1.0
 
 
 class InvalidJob(Exception):
@@ -101,6 +107,7 @@ class Worker:
         self._completions: queue.SimpleQueue[tuple[Message, bool]] = queue.SimpleQueue()
         self._tracker = OffsetTracker()
         self._lanes = Lanes(concurrency, self._process, self._on_finished)
+        self._loop_thread = EventLoopThread()
         self._processed = 0
         self._paused = False
         self._commit_offsets = True
@@ -199,17 +206,19 @@ class Worker:
         )
         try:
             job = _check_job(self._decode(message.value))
-            description = call_repr(job.func, job.args or (), job.kwargs or {})  # type: ignore[arg-type]
+            # repr of the arguments is the costliest step of a no-op job: only when logged
+            if self._logger.isEnabledFor(logging.INFO):
+                description = call_repr(job.func, job.args or (), job.kwargs or {})  # type: ignore[arg-type]
+                self._logger.info("Executing job %s: %s", job.id, description)
         except (Exception, SystemExit) as exc:
             self._logger.error("Job was invalid: %s", exc)
             self._run_callback("invalid", message, None, None, None, None)
             return True
-        self._logger.info("Executing job %s: %s", job.id, description)
         result: Result
         if job.timeout:
             result = run_isolated(job, float(job.timeout), self._abort)
         else:
-            result = run_inline(job)
+            result = run_inline(job, self._loop_thread, self._abort)
         if result.status == "aborted":
             self._logger.warning("Job %s was stopped by a hard shutdown; it will run again", job.id)
             return False
@@ -231,15 +240,19 @@ class Worker:
 
     # -- the Kafka loop (on the thread that called start) --------------------
 
-    def _drain(self) -> None:
-        while True:
-            try:
-                message, completed = self._completions.get_nowait()
-            except queue.Empty:
-                return
-            if completed:
-                self._tracker.finished((message.topic, message.partition), message.offset)
-                self._processed += 1
+    def _drain(self, wait: float = 0.0) -> None:
+        """Take finished jobs off the completion queue, waiting up to ``wait`` for the first."""
+        get = self._completions.get
+        finished = self._tracker.finished
+        try:
+            message, completed = get(timeout=wait) if wait > 0 else get(block=False)
+            while True:
+                if completed:
+                    finished((message.topic, message.partition), message.offset)
+                    self._processed += 1
+                message, completed = get(block=False)
+        except queue.Empty:
+            return
 
     def _commit(self, asynchronous: bool, partitions: set[TopicPartition] | None = None) -> None:
         if not self._commit_offsets:
@@ -374,6 +387,7 @@ class Worker:
 
     def _loop(self, max_messages: int | None) -> None:
         last_commit = time.monotonic()
+        full_since: float | None = None
         while True:
             self._drain()
             now = time.monotonic()
@@ -388,7 +402,20 @@ class Worker:
             room = self._max_in_flight - in_flight
             if max_messages is not None:
                 room = min(room, max_messages - self._processed - in_flight)
-            self._set_paused(room <= 0)
+            if room > 0:
+                full_since = None
+                self._set_paused(False)
+            elif not self._paused:
+                # At the cap, wait a little for jobs to finish before pausing:
+                # pausing drops the client's prefetched messages, and resuming
+                # costs a fetch round trip, so fast jobs must not cycle through
+                # it. Not polling for this long is safe: heartbeats run on the
+                # clients' own threads and max.poll.interval is far longer.
+                full_since = full_since or now
+                if now - full_since < _PAUSE_AFTER:
+                    self._drain(wait=0.05)
+                    continue
+                self._set_paused(True)
             messages = self._consumer.poll(0.05 if in_flight else 0.2, max(room, 1))
             if messages:
                 self._dispatch(messages, max(room, 0))
@@ -416,6 +443,7 @@ class Worker:
             except Exception as exc:
                 self._logger.warning("Leaving the group failed: %s", exc)
         self._lanes.close()
+        self._loop_thread.close()
 
     def _install_signal_handlers(self) -> dict[int, Any] | None:
         if threading.current_thread() is not threading.main_thread():

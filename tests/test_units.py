@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 from kq._calls import call_repr
 from kq._isolate import run_inline, run_isolated
 from kq._lanes import Lanes
+from kq._loop import EventLoopThread
 from kq.errors import JobProcessError
 from kq.job import Job
 from kq.message import Message
@@ -58,8 +60,48 @@ def test_abort_stops_isolated_job() -> None:
 
 
 def test_inline_catches_system_exit() -> None:
-    result = run_inline(Job(func=__import__("sys").exit, args=(2,)))
+    loop = EventLoopThread()
+    result = run_inline(Job(func=__import__("sys").exit, args=(2,)), loop, threading.Event())
     assert result.status == "failure" and isinstance(result.exception, SystemExit)
+
+
+async def _gather_point(arrived: list[int], total: int) -> int:
+    arrived.append(1)
+    for _ in range(200):  # at most ~2 s
+        if len(arrived) >= total:
+            return len(arrived)
+        await asyncio.sleep(0.01)
+    raise TimeoutError("the other coroutines never ran alongside this one")
+
+
+def test_coroutine_jobs_share_one_loop_and_overlap() -> None:
+    loop = EventLoopThread()
+    arrived: list[int] = []
+    results: list[str] = []
+
+    def run_one() -> None:
+        job = Job(func=_gather_point, args=(arrived, 3))
+        results.append(run_inline(job, loop, threading.Event()).status)
+
+    threads = [threading.Thread(target=run_one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    loop.close()
+    assert results == ["success"] * 3
+
+
+async def _forever() -> None:
+    await asyncio.sleep(3600)
+
+
+def test_hard_stop_cancels_a_running_coroutine_job() -> None:
+    loop = EventLoopThread()
+    abort = threading.Event()
+    threading.Timer(0.2, abort.set).start()
+    assert run_inline(Job(func=_forever), loop, abort).status == "aborted"
+    loop.close()
 
 
 def test_lanes_keep_key_order_and_run_keys_in_parallel() -> None:
