@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +26,14 @@ from kq.clients import ClientName, make_producer
 from kq.errors import BatchEnqueueError
 from kq.job import Job
 from kq.serialization import dumps as fast_dumps
+
+
+def _uuid4_hex() -> str:
+    """``uuid.uuid4().hex`` at a third of its cost (the same bits are set)."""
+    value = int.from_bytes(os.urandom(16), "big")
+    value = (value & ~(0xC000 << 48)) | (0x8000 << 48)  # RFC 4122 variant
+    value = (value & ~(0xF000 << 64)) | (4 << 76)  # version 4
+    return f"{value:032x}"
 
 
 class EnqueueSpec:
@@ -53,7 +61,7 @@ class EnqueueSpec:
     def _build(self, obj: Callable[..., Any] | Job, args: Any, kwargs: dict[str, Any]) -> Job:
         timestamp = int(time.time() * 1000)
         if isinstance(obj, Job):
-            job_id = uuid.uuid4().hex if obj.id is None else obj.id
+            job_id = _uuid4_hex() if obj.id is None else obj.id
             check_str(job_id, "Job.id must be a str")
             if not callable(obj.func):
                 fail_type("Job.func must be a callable")
@@ -82,7 +90,7 @@ class EnqueueSpec:
         if not callable(obj):
             fail_type("first argument must be a callable")
         return Job(
-            id=uuid.uuid4().hex,
+            id=_uuid4_hex(),
             timestamp=timestamp,
             topic=self._queue.topic,
             func=obj,

@@ -15,9 +15,7 @@ these functions under the hood; what goes on the wire stays readable by
 
 from __future__ import annotations
 
-import io
 import pickle
-from types import FunctionType
 from typing import Any
 
 import dill
@@ -25,31 +23,22 @@ import dill
 __all__ = ["dumps", "loads"]
 
 _PROTOCOL: int = dill.settings["protocol"]
-
-
-class _NeedsDill(Exception):
-    """Raised inside the pickler: this object must be written by dill."""
-
-
-class _Pickler(pickle.Pickler):
-    def reducer_override(self, obj: Any) -> Any:
-        # Called for every function and class pickle meets. Those of __main__
-        # would be written by reference (so a worker without the script could
-        # not load them); dill writes them by value.
-        if isinstance(obj, (FunctionType, type)) and obj.__module__ == "__main__":
-            raise _NeedsDill
-        return NotImplemented
+_MAIN = b"__main__"
 
 
 def dumps(obj: Any) -> bytes:
     """Serialize like ``dill.dumps``, with plain pickle whenever that writes the same."""
-    buffer = io.BytesIO()
     try:
-        _Pickler(buffer, _PROTOCOL).dump(obj)
+        data = pickle.dumps(obj, _PROTOCOL)
     except Exception:
-        # Lambdas, local functions, __main__ objects, anything pickle refuses.
+        # Lambdas, local functions, anything pickle refuses.
         return bytes(dill.dumps(obj))
-    return buffer.getvalue()
+    # pickle wrote a reference to something in __main__ (a worker without the
+    # script could not load it); dill writes such objects by value. A string
+    # that merely contains "__main__" also lands here, which is only slower.
+    if _MAIN in data:
+        return bytes(dill.dumps(obj))
+    return data
 
 
 def loads(data: bytes) -> Any:
