@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kq.clients import make_consumer, make_producer
+from kq.dead_letters import DeadLetter, DeadLetters
 from kq.errors import (
     ArgumentTypeError,
     ArgumentValueError,
@@ -15,6 +16,7 @@ from kq.errors import (
 from kq.job import Job
 from kq.message import Message
 from kq.queue import Batch, EnqueueSpec, Queue
+from kq.retry import Attempt, RetryPolicy, current_attempt
 from kq.version import __version__
 from kq.worker import Worker
 
@@ -24,8 +26,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ArgumentTypeError",
     "ArgumentValueError",
+    "Attempt",
     "Batch",
     "BatchEnqueueError",
+    "DeadLetter",
+    "DeadLetters",
     "EnqueueError",
     "EnqueueSpec",
     "Job",
@@ -34,8 +39,10 @@ __all__ = [
     "LocalKafkaError",
     "Message",
     "Queue",
+    "RetryPolicy",
     "Worker",
     "__version__",
+    "current_attempt",
     "make_consumer",
     "make_producer",
 ]

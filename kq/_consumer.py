@@ -27,6 +27,8 @@ class ConsumerAdapter(Protocol):
     """What the worker needs from a Kafka consumer."""
 
     client: Any
+    headers: dict[tuple[str, int, int], dict[str, bytes]]
+    """kq's headers of fetched messages that have any, by (topic, partition, offset)."""
 
     @property
     def hosts(self) -> str: ...
@@ -71,6 +73,7 @@ class _KafkaPythonConsumer:
         self.hosts = _join_hosts(client.config["bootstrap_servers"])
         self.group = str(group)
         self._topic: str | None = None
+        self.headers: dict[tuple[str, int, int], dict[str, bytes]] = {}
         self._logger = logger
 
     def resolve_hosts(self, timeout: float = 2.0) -> None:
@@ -119,11 +122,21 @@ class _KafkaPythonConsumer:
 
     def poll(self, timeout: float, max_records: int) -> list[Message]:
         batches = self.client.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
-        return [
-            Message(topic=r.topic, partition=r.partition, offset=r.offset, key=r.key, value=r.value)
-            for records in batches.values()
-            for r in records
-        ]
+        out: list[Message] = []
+        for records in batches.values():
+            for r in records:
+                out.append(
+                    Message(
+                        topic=r.topic,
+                        partition=r.partition,
+                        offset=r.offset,
+                        key=r.key,
+                        value=r.value,
+                    )
+                )
+                if r.headers:
+                    _keep_headers(self.headers, r.topic, r.partition, r.offset, r.headers)
+        return out
 
     def assignment(self) -> set[TopicPartition]:
         return {(tp.topic, tp.partition) for tp in self.client.assignment()}
@@ -156,6 +169,19 @@ class _KafkaPythonConsumer:
         self._topic = None
 
 
+def _keep_headers(
+    into: dict[tuple[str, int, int], dict[str, bytes]],
+    topic: str,
+    partition: int,
+    offset: int,
+    headers: Iterable[tuple[str, bytes | None]],
+) -> None:
+    # Only kq's own headers (retry state); the worker pops them per message.
+    mine = {k: v for k, v in headers if k.startswith("kq-") and v is not None}
+    if mine:
+        into[(topic, partition, offset)] = mine
+
+
 def _confluent_group(client: Any) -> str:
     # librdkafka's serialised group metadata: b"CGMDv2:" + int32 generation +
     # NUL-terminated group id + ...; the client exposes no other accessor.
@@ -175,6 +201,7 @@ class _ConfluentConsumer:
         self._logger = logger
         self._hosts: str | None = None
         self._topic: str | None = None
+        self.headers: dict[tuple[str, int, int], dict[str, bytes]] = {}
         self.group = _confluent_group(client)
         # With enable.auto.offset.store on (librdkafka's default), every record
         # poll() returns is stored and auto-committed before its job has run.
@@ -247,6 +274,9 @@ class _ConfluentConsumer:
                     value=m.value() if m.value() is not None else b"",
                 )
             )
+            headers = m.headers()
+            if headers:
+                _keep_headers(self.headers, m.topic(), m.partition(), m.offset(), headers)
         return out
 
     def assignment(self) -> set[TopicPartition]:

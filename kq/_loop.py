@@ -9,8 +9,9 @@ thread waits for its coroutine before it takes the next job of its lane.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -22,7 +23,13 @@ class Cancelled(Exception):
     """The coroutine was cancelled by a hard stop of the worker."""
 
 
-async def _await(awaitable: Awaitable[T]) -> T:
+async def _await(
+    awaitable: Awaitable[T], values: Sequence[tuple[contextvars.ContextVar[Any], Any]] = ()
+) -> T:
+    # The task runs in the loop thread's context: carry over the caller's
+    # context variables (e.g. kq.current_attempt()).
+    for var, value in values:
+        var.set(value)
     return await awaitable
 
 
@@ -58,7 +65,10 @@ class EventLoopThread:
 
         When ``abort`` is set first, the coroutine is cancelled and ``Cancelled`` raised.
         """
-        future: Future[T] = asyncio.run_coroutine_threadsafe(_await(awaitable), self._ensure_loop())
+        values = list(contextvars.copy_context().items())
+        future: Future[T] = asyncio.run_coroutine_threadsafe(
+            _await(awaitable, values), self._ensure_loop()
+        )
         while True:
             try:
                 return future.result(timeout=0.1)

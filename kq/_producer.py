@@ -21,6 +21,7 @@ class Record:
     key: bytes | None
     partition: int | None
     timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class ProducerAdapter(Protocol):
@@ -63,6 +64,7 @@ class _KafkaPythonProducer:
                         key=rec.key,
                         partition=rec.partition,
                         timestamp_ms=rec.timestamp_ms,
+                        headers=list(rec.headers) or None,
                     )
                 )
             except Exception as exc:  # e.g. message too large, metadata timeout
@@ -128,6 +130,8 @@ class _ConfluentProducer:
                 }
                 if rec.partition is not None:
                     kwargs["partition"] = rec.partition
+                if rec.headers:
+                    kwargs["headers"] = list(rec.headers)
                 while True:
                     try:
                         self.client.produce(rec.topic, **kwargs)

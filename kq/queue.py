@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import time
@@ -23,8 +24,10 @@ from kq._checks import (
 )
 from kq._producer import ProducerAdapter, Record, adapt_producer, raise_for
 from kq.clients import ClientName, make_producer
-from kq.errors import BatchEnqueueError
+from kq.errors import BatchEnqueueError, EnqueueError
 from kq.job import Job
+from kq.retry import RetryPolicy, encode_headers
+from kq.schedule import delay_topics, delayed_record, ensure_topics
 from kq.serialization import dumps as fast_dumps
 
 
@@ -39,7 +42,7 @@ def _uuid4_hex() -> str:
 class EnqueueSpec:
     """Enqueues with defaults (timeout, key, partition) that a Job's own fields override."""
 
-    __slots__ = ("_key", "_partition", "_queue", "_timeout")
+    __slots__ = ("_delay", "_eta", "_key", "_partition", "_queue", "_retry", "_timeout")
 
     def __init__(
         self,
@@ -47,16 +50,37 @@ class EnqueueSpec:
         timeout: int | float,
         key: bytes | None,
         partition: int | None,
+        retry: RetryPolicy | None = None,
+        delay: int | float | None = None,
+        eta: datetime.datetime | float | None = None,
     ) -> None:
         if not is_number(timeout):
             fail_type("timeout must be an int or float")
         check_timeout(timeout)
         check_bytes_or_none(key, "key must be a bytes")
         check_int_or_none(partition, "partition must be an int")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            fail_type("retry must be a kq.RetryPolicy")
+        if delay is not None:
+            if not is_number(delay):
+                fail_type("delay must be an int or float (seconds)")
+            if delay < 0:
+                fail_value("delay must be 0 or greater")
+        if eta is not None:
+            if delay is not None:
+                fail_value("give delay or eta, not both")
+            if isinstance(eta, datetime.datetime):
+                if eta.tzinfo is None:
+                    fail_value("eta must be a timezone-aware datetime")
+            elif not is_number(eta):
+                fail_type("eta must be a datetime or a Unix time in seconds")
         self._queue = queue
         self._timeout = timeout
         self._key = key
         self._partition = partition
+        self._retry = retry
+        self._delay = delay
+        self._eta = eta
 
     def _build(self, obj: Callable[..., Any] | Job, args: Any, kwargs: dict[str, Any]) -> Job:
         timestamp = int(time.time() * 1000)
@@ -101,6 +125,15 @@ class EnqueueSpec:
             partition=self._partition,
         )
 
+    def _due_ms(self, now_ms: int) -> int | None:
+        if self._delay is not None:
+            return now_ms + int(self._delay * 1000)
+        if isinstance(self._eta, datetime.datetime):
+            return int(self._eta.timestamp() * 1000)
+        if self._eta is not None:
+            return int(self._eta * 1000)
+        return None
+
     def _record(self, job: Job) -> Record:
         queue = self._queue
         queue.logger.info("Enqueueing %s ...", job)
@@ -108,7 +141,16 @@ class EnqueueSpec:
             value = queue._encode(job)
         except Exception as exc:
             raise_for(queue.topic, exc)
-        return Record(queue.topic, value, job.key, job.partition, job.timestamp or 0)
+        timestamp = job.timestamp or 0
+        retry = self._retry or queue.retry
+        due = self._due_ms(timestamp) if self._delay is not None or self._eta is not None else None
+        if retry is None and due is None:
+            return Record(queue.topic, value, job.key, job.partition, timestamp)
+        headers = encode_headers(1, timestamp, retry)
+        if due is None or due <= timestamp:
+            return Record(queue.topic, value, job.key, job.partition, timestamp, headers)
+        queue._ensure_delay_topics()
+        return delayed_record(queue.topic, value, job.key, dict(headers), due, timestamp)
 
     def enqueue(self, func: Callable[..., Any] | Job, *args: Any, **kwargs: Any) -> Job:
         """Send a call (or a Job) to the topic; return the Job once the broker acknowledged it.
@@ -219,8 +261,15 @@ class Queue:
         logger: logging.Logger | None = None,
         *,
         delivery_timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        admin_config: dict[str, Any] | None = None,
     ) -> None:
         check_str(topic, "topic must be a str")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            fail_type("retry must be a kq.RetryPolicy")
+        self._retry = retry
+        self._admin_config = dict(admin_config or {})
+        self._delay_topics_ready = False
         self._adapter: ProducerAdapter = adapt_producer(producer)
         check_callable_or_none(serializer, "serializer must be a callable")
         check_timeout(timeout)
@@ -314,11 +363,38 @@ class Queue:
         timeout: int | float | None = None,
         key: bytes | None = None,
         partition: int | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        delay: int | float | None = None,
+        eta: datetime.datetime | float | None = None,
     ) -> EnqueueSpec:
-        """Return an object whose ``enqueue`` uses these defaults (a Job's own fields win)."""
+        """Return an object whose ``enqueue`` uses these defaults (a Job's own fields win).
+
+        ``retry`` overrides the queue's retry policy for these jobs. ``delay``
+        (seconds from now) or ``eta`` (an aware datetime, or Unix seconds)
+        makes the jobs wait in the topic's delay tiers until they are due.
+        """
         if timeout is not None and not is_number(timeout):
             fail_type("timeout must be an int or float")
-        return EnqueueSpec(self, timeout or self._timeout, key, partition)
+        return EnqueueSpec(
+            self, timeout or self._timeout, key, partition, retry=retry, delay=delay, eta=eta
+        )
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        """The retry policy given to this queue's jobs (``None``: no retries)."""
+        return self._retry
+
+    def _ensure_delay_topics(self) -> None:
+        if self._delay_topics_ready:
+            return
+        try:
+            ensure_topics(
+                self._adapter.hosts, delay_topics(self._topic), self._topic, self._admin_config
+            )
+        except Exception as exc:
+            raise EnqueueError(self._topic, f"cannot create its delay topics: {exc}", exc) from exc
+        self._delay_topics_ready = True
 
 
 def connect_queue(

@@ -14,15 +14,23 @@ from typing import Any
 import dill
 
 from kq._calls import call_repr
-from kq._checks import check_callable_or_none, check_logger, check_str, fail_value
+from kq._checks import (
+    check_callable_or_none,
+    check_logger,
+    check_str,
+    fail_type,
+    fail_value,
+)
 from kq._consumer import TopicPartition, adapt_consumer
 from kq._isolate import Result, run_inline, run_isolated
 from kq._lanes import Lanes
 from kq._loop import EventLoopThread
 from kq._offsets import OffsetTracker
+from kq._retrying import RetryRouter
 from kq.clients import ClientName, make_consumer
 from kq.job import Job
 from kq.message import Message
+from kq.retry import Attempt, RetryPolicy, reset_current, set_current
 from kq.serialization import loads as fast_loads
 
 Callback = Callable[[str, Message, "Job | None", Any, "BaseException | None", "str | None"], Any]
@@ -80,6 +88,10 @@ class Worker:
         max_in_flight: int = 1000,
         shutdown_timeout: float | None = 30.0,
         commit_interval: float = 1.0,
+        retry: RetryPolicy | None = None,
+        dead_letter_topic: str | None = None,
+        scheduling: bool = True,
+        scheduler_config: dict[str, Any] | None = None,
     ) -> None:
         check_str(topic, "topic must be a str")
         check_logger(logger)
@@ -91,8 +103,15 @@ class Worker:
             fail_value("concurrency must be an int, 1 or greater")
         if not isinstance(max_in_flight, int) or max_in_flight < 1:
             fail_value("max_in_flight must be an int, 1 or greater")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            fail_type("retry must be a kq.RetryPolicy")
+        if dead_letter_topic is not None:
+            check_str(dead_letter_topic, "dead_letter_topic must be a str")
         self._topic = topic
         self._callback = callback
+        self._router = RetryRouter(
+            topic, retry, dead_letter_topic, bool(scheduling), scheduler_config, self._logger
+        )
         self._deserializer: Callable[[bytes], Any] = deserializer or dill.loads
         # KQ's default, dill.loads, is served by kq.serialization.loads: the same
         # objects, plain pickle first (twice as fast), dill where needed.
@@ -197,7 +216,20 @@ class Worker:
             self._logger.exception("Callback raised an exception: %s", exc)
 
     def _process(self, message: Message) -> bool:
-        """Run one message's job and its callback; False if aborted by a hard stop."""
+        """Run one message's job and its callback; False if it must run again."""
+        headers = self._consumer.headers.pop(
+            (message.topic, message.partition, message.offset), None
+        )
+        attempt = self._router.attempt(headers)
+        token = set_current(attempt)
+        try:
+            return self._process_attempt(message, headers, attempt)
+        finally:
+            reset_current(token)
+
+    def _process_attempt(
+        self, message: Message, headers: dict[str, bytes] | None, attempt: Attempt
+    ) -> bool:
         self._logger.info(
             "Processing Message(topic=%s, partition=%s, offset=%s) ...",
             message.topic,
@@ -225,15 +257,29 @@ class Worker:
         if result.status == "success":
             self._logger.info("Job %s returned: %s", job.id, result.value)
             self._run_callback("success", message, job, result.value, None, None)
-        elif result.status == "timeout":
+            return True
+        if result.status == "timeout":
             self._logger.error("Job %s timed out after %s seconds", job.id, job.timeout)
-            self._run_callback("timeout", message, job, None, None, None)
         else:
             self._logger.error(
                 "Job %s raised an exception: %r\n%s", job.id, result.exception, result.stacktrace
             )
+        # The retry (or dead letter) is durably written before the callback runs
+        # and before the offset can be committed.
+        routed = self._router.route(
+            message,
+            headers,
+            attempt,
+            result.status,
+            job.timestamp,
+            result.exception,
+            result.stacktrace,
+        )
+        if result.status == "timeout":
+            self._run_callback("timeout", message, job, None, None, None)
+        else:
             self._run_callback("failure", message, job, None, result.exception, result.stacktrace)
-        return True
+        return routed
 
     def _on_finished(self, message: Message, completed: bool) -> None:
         self._completions.put((message, completed))
@@ -287,6 +333,7 @@ class Worker:
         self._drain()
         self._commit(asynchronous=False, partitions=set(partitions))
         self._tracker.drop(partitions)
+        self._drop_headers(partitions)
 
     def _revoke_wait(self) -> float:
         # The group waits for this member's rejoin only up to its max.poll.interval
@@ -303,6 +350,13 @@ class Worker:
         self._lanes.discard(partitions)
         self._drain()
         self._tracker.drop(partitions)
+        self._drop_headers(partitions)
+
+    def _drop_headers(self, partitions: list[TopicPartition]) -> None:
+        gone = set(partitions)
+        headers = self._consumer.headers
+        for coordinates in [c for c in headers if (c[0], c[1]) in gone]:
+            headers.pop(coordinates, None)
 
     def _set_paused(self, paused: bool) -> None:
         if paused == self._paused:
@@ -367,6 +421,7 @@ class Worker:
         if max_messages is not None and (not isinstance(max_messages, int) or max_messages < 0):
             fail_value("max_messages must be None or an int, 0 or greater")
         self._consumer.resolve_hosts()
+        self._router.start(self.hosts, self.group)
         self._logger.info("Starting %s ...", self)
         self._stopping.clear()
         self._abort.clear()
@@ -444,6 +499,7 @@ class Worker:
                 self._logger.warning("Leaving the group failed: %s", exc)
         self._lanes.close()
         self._loop_thread.close()
+        self._router.stop()
 
     def _install_signal_handlers(self) -> dict[int, Any] | None:
         if threading.current_thread() is not threading.main_thread():

@@ -1,0 +1,179 @@
+"""The worker's side of retries, delays and dead letters."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from kq._producer import ProducerAdapter, Record, adapt_producer
+from kq.message import Message
+from kq.retry import (
+    H_ATTEMPT,
+    H_ERROR,
+    H_FIRST,
+    H_RETRY,
+    H_SOURCE,
+    H_STATUS,
+    H_TRACEBACK,
+    Attempt,
+    RetryPolicy,
+)
+from kq.schedule import (
+    Forwarder,
+    dead_letter_topic,
+    delay_topics,
+    delayed_record,
+    ensure_topics,
+)
+
+_SEND_TRIES = 3
+
+
+class RetryRouter:
+    """Sends failed attempts to their retry (a delay tier) or to the dead-letter topic."""
+
+    def __init__(
+        self,
+        topic: str,
+        default_policy: RetryPolicy | None,
+        dead_topic: str | None,
+        scheduling: bool,
+        config: Mapping[str, Any] | None,
+        logger: logging.Logger,
+    ) -> None:
+        self._topic = topic
+        self._default = default_policy
+        self.dead_topic = dead_topic or dead_letter_topic(topic)
+        self._scheduling = scheduling
+        self._config = dict(config or {})
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._producer: ProducerAdapter | None = None
+        self._bootstrap = ""
+        self._topics_ready = False
+        self._forwarder: Forwarder | None = None
+
+    def start(self, bootstrap: str, group: str) -> None:
+        """Start forwarding this topic's delayed jobs (when scheduling is on)."""
+        self._bootstrap = bootstrap
+        if not self._scheduling:
+            return
+        if self._forwarder is None:
+            self._forwarder = Forwarder(
+                bootstrap, self._topic, group, self._lazy_producer(), self._logger, self._config
+            )
+        self._forwarder.start()
+
+    def stop(self) -> None:
+        """Stop the forwarder."""
+        if self._forwarder is not None:
+            self._forwarder.stop()
+
+    def attempt(self, headers: Mapping[str, bytes] | None) -> Attempt:
+        """The attempt a delivered message is; bad kq headers count as a first attempt."""
+        if not headers:
+            return Attempt(1, None, self._default)
+        try:
+            return Attempt.from_headers(headers, self._default)
+        except ValueError as exc:
+            self._logger.error("Ignoring bad retry headers: %s", exc)
+            return Attempt(1, None, self._default)
+
+    def route(
+        self,
+        message: Message,
+        headers: Mapping[str, bytes] | None,
+        attempt: Attempt,
+        status: str,
+        job_timestamp: int | None,
+        exception: BaseException | None,
+        stacktrace: str | None,
+    ) -> bool:
+        """After a failed or timed-out attempt: schedule the retry or dead-letter the job.
+
+        Returns False when that could not be written durably (the message is
+        then not committed, so the job runs again rather than being lost).
+        """
+        policy = attempt.policy
+        if policy is None:
+            return True
+        now = int(time.time() * 1000)
+        first = attempt.first_enqueued_ms or job_timestamp or now
+        base: dict[str, bytes] = dict(headers or {})
+        base[H_FIRST] = str(first).encode()
+        base[H_RETRY] = policy.to_header()
+        if policy.retries(status, attempt.number):
+            if not self._scheduling:
+                self._logger.error(
+                    "Cannot retry a job of %s: this worker runs with scheduling=False", self._topic
+                )
+                return True
+            base[H_ATTEMPT] = str(attempt.number + 1).encode()
+            due = now + int(policy.delay(attempt.number) * 1000)
+            record = delayed_record(self._topic, message.value, message.key, base, due, now)
+            self._logger.info(
+                "Attempt %s failed (%s); retry %s due in %.1fs",
+                attempt.number,
+                status,
+                attempt.number + 1,
+                (due - now) / 1000,
+            )
+            return self._send(record, delay=True)
+        base[H_ATTEMPT] = str(attempt.number).encode()
+        base[H_STATUS] = status.encode()
+        base[H_ERROR] = (repr(exception) if exception is not None else status).encode()
+        base[H_TRACEBACK] = (stacktrace or "").encode()
+        base[H_SOURCE] = f"{message.topic}/{message.partition}/{message.offset}".encode()
+        record = Record(self.dead_topic, message.value, message.key, None, now, tuple(base.items()))
+        self._logger.error(
+            "Job at %s/%s/%s failed its last attempt (%s); sent to %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            attempt.number,
+            self.dead_topic,
+        )
+        return self._send(record, delay=False)
+
+    def _lazy_producer(self) -> ProducerAdapter:
+        with self._lock:
+            if self._producer is None:
+                from kq.clients import make_producer
+
+                self._producer = adapt_producer(make_producer(self._bootstrap, **self._config))
+            return self._producer
+
+    def _send(self, record: Record, delay: bool) -> bool:
+        for attempt in range(_SEND_TRIES):
+            try:
+                if not self._topics_ready:
+                    ensure_topics(
+                        self._bootstrap,
+                        [*delay_topics(self._topic), self.dead_topic],
+                        self._topic,
+                        self._config,
+                    )
+                    self._topics_ready = True
+                error = self._lazy_producer().send_all([record], 30.0)[0]
+            except Exception as exc:
+                error = exc
+            if error is None:
+                return True
+            self._logger.warning(
+                "Writing to %s failed (try %s of %s): %s\n%s",
+                record.topic,
+                attempt + 1,
+                _SEND_TRIES,
+                error,
+                "".join(traceback.format_exception_only(type(error), error)).strip(),
+            )
+        self._logger.error(
+            "Could not write the %s for a job of %s; it is not committed and will run again",
+            "retry" if delay else "dead letter",
+            self._topic,
+        )
+        return False
