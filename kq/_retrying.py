@@ -106,6 +106,8 @@ class RetryRouter:
         base: dict[str, bytes] = dict(headers or {})
         base[H_FIRST] = str(first).encode()
         base[H_RETRY] = policy.to_header()
+        # where the job was first read: retries are new records, the dead letter names the original
+        base.setdefault(H_SOURCE, f"{message.topic}/{message.partition}/{message.offset}".encode())
         if policy.retries(status, attempt.number):
             if not self._scheduling:
                 self._logger.error(
@@ -127,7 +129,6 @@ class RetryRouter:
         base[H_STATUS] = status.encode()
         base[H_ERROR] = (repr(exception) if exception is not None else status).encode()
         base[H_TRACEBACK] = (stacktrace or "").encode()
-        base[H_SOURCE] = f"{message.topic}/{message.partition}/{message.offset}".encode()
         record = Record(self.dead_topic, message.value, message.key, None, now, tuple(base.items()))
         self._logger.error(
             "Job at %s/%s/%s failed its last attempt (%s); sent to %s",

@@ -73,6 +73,21 @@ def _letter(
     )
 
 
+def _watermarks(consumer: Any, partition: Any, timeout: float) -> tuple[int, int]:
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
+            return int(low), int(high)
+        except KafkaException:
+            # a topic just created may not have its leaders yet
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
 class DeadLetters:
     """The dead letters of one job topic: list, inspect and re-enqueue them."""
 
@@ -118,9 +133,7 @@ class DeadLetters:
             ends: dict[int, int] = {}
             starts: list[Any] = []
             for p in sorted(info.partitions):
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(self.dead_topic, p), timeout=timeout
-                )
+                low, high = _watermarks(consumer, TopicPartition(self.dead_topic, p), timeout)
                 first = max((since or {}).get(p, low), low)
                 if first < high:
                     ends[p] = high
