@@ -62,6 +62,13 @@ class RetryRouter:
         self._bootstrap = bootstrap
         if not self._scheduling:
             return
+        if bootstrap in ("", "unknown"):
+            self._logger.warning(
+                "Brokers of %s unknown (unreachable at start): delayed jobs and retries"
+                " wait until a worker starts with the cluster reachable",
+                self._topic,
+            )
+            return
         if self._forwarder is None:
             self._forwarder = Forwarder(
                 bootstrap, self._topic, group, self._lazy_producer(), self._logger, self._config
