@@ -13,6 +13,7 @@ from kq.errors import (
     EnqueueError,
     KQError,
 )
+from kq.events import WorkerObserver
 from kq.job import Job
 from kq.message import Message
 from kq.queue import Batch, EnqueueSpec, Queue
@@ -41,6 +42,7 @@ __all__ = [
     "Queue",
     "RetryPolicy",
     "Worker",
+    "WorkerObserver",
     "__version__",
     "current_attempt",
     "make_consumer",

@@ -92,6 +92,7 @@ class Worker:
         dead_letter_topic: str | None = None,
         scheduling: bool = True,
         scheduler_config: dict[str, Any] | None = None,
+        observer: Any = None,
     ) -> None:
         check_str(topic, "topic must be a str")
         check_logger(logger)
@@ -109,6 +110,7 @@ class Worker:
             check_str(dead_letter_topic, "dead_letter_topic must be a str")
         self._topic = topic
         self._callback = callback
+        self._observer = observer
         self._router = RetryRouter(
             topic, retry, dead_letter_topic, bool(scheduling), scheduler_config, self._logger
         )
@@ -227,6 +229,15 @@ class Worker:
         finally:
             reset_current(token)
 
+    def _observe(self, method: str, *args: Any) -> None:
+        hook = getattr(self._observer, method, None)
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception as exc:
+            self._logger.warning("Observer %s raised: %r", method, exc)
+
     def _process_attempt(
         self, message: Message, headers: dict[str, bytes] | None, attempt: Attempt
     ) -> bool:
@@ -244,13 +255,18 @@ class Worker:
                 self._logger.info("Executing job %s: %s", job.id, description)
         except (Exception, SystemExit) as exc:
             self._logger.error("Job was invalid: %s", exc)
+            if self._observer is not None:
+                self._observe("job_finished", "invalid", 0.0)
             self._run_callback("invalid", message, None, None, None, None)
             return True
         result: Result
+        started = time.perf_counter() if self._observer is not None else 0.0
         if job.timeout:
             result = run_isolated(job, float(job.timeout), self._abort)
         else:
             result = run_inline(job, self._loop_thread, self._abort)
+        if self._observer is not None and result.status != "aborted":
+            self._observe("job_finished", result.status, time.perf_counter() - started)
         if result.status == "aborted":
             self._logger.warning("Job %s was stopped by a hard shutdown; it will run again", job.id)
             return False
@@ -315,16 +331,20 @@ class Worker:
             self._logger.warning("Offset commit failed (jobs may run again): %s", exc)
             return
         self._tracker.mark_committed(offsets)
+        if self._observer is not None:
+            self._observe("committed", offsets)
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
         """Rebalance: new partitions; paused too if the worker is at its cap."""
         self._logger.info("Partitions assigned: %s", partitions)
+        self._observe("rebalanced", "assigned", partitions)
         if self._paused and partitions:
             self._consumer.pause(partitions)
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
         """Rebalance: commit what finished before the partitions go."""
         self._logger.info("Partitions revoked: %s", partitions)
+        self._observe("rebalanced", "revoked", partitions)
         self._lanes.discard(partitions)
         if not self._lanes.wait_idle(partitions, self._revoke_wait(), self._abort):
             self._logger.warning(
@@ -347,6 +367,7 @@ class Worker:
     def on_lost(self, partitions: list[TopicPartition]) -> None:
         """Rebalance: partitions already owned by others; commit nothing for them."""
         self._logger.warning("Partitions lost: %s", partitions)
+        self._observe("rebalanced", "lost", partitions)
         self._lanes.discard(partitions)
         self._drain()
         self._tracker.drop(partitions)

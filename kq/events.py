@@ -1,0 +1,25 @@
+"""What a worker tells an observer (metrics, tracing) as it works.
+
+Pass an object with any of these methods as ``Worker(..., observer=...)``;
+missing methods are skipped, and an observer that raises is logged, never
+fatal. Methods are called on the worker's threads: keep them fast.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+TopicPartition = tuple[str, int]
+
+
+class WorkerObserver(Protocol):
+    """The events a worker reports."""
+
+    def job_finished(self, status: str, seconds: float) -> None:
+        """A message was processed: ``status`` as given to the callback; run time of the job."""
+
+    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Offsets were committed (asynchronously: handed to the client)."""
+
+    def rebalanced(self, event: str, partitions: list[TopicPartition]) -> None:
+        """``event`` is ``assigned``, ``revoked`` or ``lost``."""
