@@ -29,6 +29,7 @@ from kq.job import Job
 from kq.retry import RetryPolicy, encode_headers
 from kq.schedule import delay_topics, delayed_record, ensure_topics
 from kq.serialization import dumps as fast_dumps
+from kq.signing import SIGNATURE_HEADER, Signer
 
 
 def _uuid4_hex() -> str:
@@ -144,9 +145,12 @@ class EnqueueSpec:
         timestamp = job.timestamp or 0
         retry = self._retry or queue.retry
         due = self._due_ms(timestamp) if self._delay is not None or self._eta is not None else None
-        if retry is None and due is None:
+        signer = queue._signer
+        if retry is None and due is None and signer is None:
             return Record(queue.topic, value, job.key, job.partition, timestamp)
-        headers = encode_headers(1, timestamp, retry)
+        headers = encode_headers(1, timestamp, retry) if retry or due else ()
+        if signer is not None:
+            headers += ((SIGNATURE_HEADER, signer.sign(queue.topic, job.key, value)),)
         if due is None or due <= timestamp:
             return Record(queue.topic, value, job.key, job.partition, timestamp, headers)
         queue._ensure_delay_topics()
@@ -263,8 +267,10 @@ class Queue:
         delivery_timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         admin_config: dict[str, Any] | None = None,
+        signing_key: bytes | str | None = None,
     ) -> None:
         check_str(topic, "topic must be a str")
+        self._signer = None if signing_key is None else Signer(signing_key)
         if retry is not None and not isinstance(retry, RetryPolicy):
             fail_type("retry must be a kq.RetryPolicy")
         self._retry = retry

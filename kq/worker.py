@@ -7,7 +7,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -32,6 +32,7 @@ from kq.job import Job
 from kq.message import Message
 from kq.retry import Attempt, RetryPolicy, reset_current, set_current
 from kq.serialization import loads as fast_loads
+from kq.signing import SIGNATURE_HEADER, Verifier
 
 Callback = Callable[[str, Message, "Job | None", Any, "BaseException | None", "str | None"], Any]
 
@@ -93,6 +94,8 @@ class Worker:
         scheduling: bool = True,
         scheduler_config: dict[str, Any] | None = None,
         observer: Any = None,
+        signing_keys: bytes | str | Sequence[bytes | str] | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         check_str(topic, "topic must be a str")
         check_logger(logger)
@@ -108,6 +111,13 @@ class Worker:
             fail_type("retry must be a kq.RetryPolicy")
         if dead_letter_topic is not None:
             check_str(dead_letter_topic, "dead_letter_topic must be a str")
+        if max_message_bytes is not None and (
+            not isinstance(max_message_bytes, int) or max_message_bytes < 1
+        ):
+            fail_value("max_message_bytes must be None or an int, 1 or greater")
+        self._verifier = None if signing_keys is None else Verifier(signing_keys)
+        self._max_bytes = max_message_bytes
+        self._limits = self._verifier is not None or max_message_bytes is not None
         self._topic = topic
         self._callback = callback
         self._observer = observer
@@ -229,6 +239,18 @@ class Worker:
         finally:
             reset_current(token)
 
+    def _check_limits(self, message: Message, headers: dict[str, bytes] | None) -> None:
+        # Before anything is deserialized: size first, then the signature.
+        if self._max_bytes is not None and len(message.value) > self._max_bytes:
+            raise InvalidJob(
+                f"message of {len(message.value)} bytes exceeds max_message_bytes={self._max_bytes}"
+            )
+        if self._verifier is not None:
+            signature = (headers or {}).get(SIGNATURE_HEADER)
+            problem = self._verifier.problem(message.topic, message.key, message.value, signature)
+            if problem:
+                raise InvalidJob(problem)
+
     def _observe(self, method: str, *args: Any) -> None:
         hook = getattr(self._observer, method, None)
         if hook is None:
@@ -248,6 +270,8 @@ class Worker:
             message.offset,
         )
         try:
+            if self._limits:
+                self._check_limits(message, headers)
             job = _check_job(self._decode(message.value))
             # repr of the arguments is the costliest step of a no-op job: only when logged
             if self._logger.isEnabledFor(logging.INFO):
