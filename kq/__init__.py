@@ -15,6 +15,7 @@ from kq.errors import (
 )
 from kq.events import WorkerObserver
 from kq.job import Job
+from kq.json_jobs import JsonJobLoader
 from kq.message import Message
 from kq.queue import Batch, EnqueueSpec, Queue
 from kq.retry import Attempt, RetryPolicy, current_attempt
@@ -35,6 +36,7 @@ __all__ = [
     "EnqueueError",
     "EnqueueSpec",
     "Job",
+    "JsonJobLoader",
     "KQError",
     "LocalKafka",
     "LocalKafkaError",
