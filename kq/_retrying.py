@@ -47,6 +47,7 @@ class RetryRouter:
     ) -> None:
         self._topic = topic
         self._default = default_policy
+        self._first = Attempt(1, None, default_policy)
         self.dead_topic = dead_topic or dead_letter_topic(topic)
         self._scheduling = scheduling
         self._config = dict(config or {})
@@ -83,7 +84,7 @@ class RetryRouter:
     def attempt(self, headers: Mapping[str, bytes] | None) -> Attempt:
         """The attempt a delivered message is; bad kq headers count as a first attempt."""
         if not headers:
-            return Attempt(1, None, self._default)
+            return self._first  # shared: the common case costs no allocation
         try:
             return Attempt.from_headers(headers, self._default)
         except ValueError as exc:
