@@ -537,11 +537,13 @@ class Worker:
         self._drain()
         self._commit(asynchronous=False)
         self._set_paused(False)
-        if self._stopping.is_set():
-            try:
-                self._consumer.unsubscribe()
-            except Exception as exc:
-                self._logger.warning("Leaving the group failed: %s", exc)
+        # Also after max_messages: a member that no longer polls would keep its
+        # partitions (cooperative assignment hands them back to it) until its
+        # max.poll.interval expired. The next start() subscribes again.
+        try:
+            self._consumer.unsubscribe()
+        except Exception as exc:
+            self._logger.warning("Leaving the group failed: %s", exc)
         self._lanes.close()
         self._loop_thread.close()
         self._router.stop()
