@@ -257,7 +257,18 @@ class _ConfluentConsumer:
         from confluent_kafka import KafkaError, KafkaException
 
         out: list[Message] = []
-        for m in self.client.consume(num_messages=max_records, timeout=timeout):
+        # consume(n, timeout) waits until it has n messages or the timeout
+        # passed, which makes every job of a light load wait out the timeout.
+        # Take what is there; if nothing, wait for the first message only.
+        batch = self.client.consume(num_messages=max_records, timeout=0)
+        if not batch:
+            first = self.client.poll(timeout)
+            if first is None:
+                return []
+            batch = [first]
+            if max_records > 1:
+                batch += self.client.consume(num_messages=max_records - 1, timeout=0)
+        for m in batch:
             err = m.error()
             if err is not None:
                 if err.fatal():

@@ -79,6 +79,10 @@ def make_consumer(
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 1000,
             "partition.assignment.strategy": "cooperative-sticky",
+            # Bounded prefetch (librdkafka's default holds up to 64 MB per
+            # partition); the short backoff keeps the drain rate with it.
+            "queued.max.messages.kbytes": 8192,
+            "fetch.queue.backoff.ms": 10,
         }
         settings.update(config)
         return Consumer(settings)
