@@ -54,14 +54,18 @@ class OffsetTracker:
         return sum(len(p.pending) - len(p.done) for p in list(self._parts.values()))
 
     def committable(
-        self, partitions: set[TopicPartition] | None = None
+        self, partitions: set[TopicPartition] | None = None, again: bool = False
     ) -> dict[TopicPartition, int]:
-        """Offsets to commit now: advanced since the last ``mark_committed``."""
+        """Offsets to commit now: advanced since the last ``mark_committed``.
+
+        ``again`` includes the ones already marked: an asynchronous commit
+        may have failed after it was handed to the client.
+        """
         out: dict[TopicPartition, int] = {}
         for tp, part in self._parts.items():
             if partitions is not None and tp not in partitions:
                 continue
-            if part.safe is not None and part.safe != self._committed.get(tp):
+            if part.safe is not None and (again or part.safe != self._committed.get(tp)):
                 out[tp] = part.safe
         return out
 

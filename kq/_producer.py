@@ -106,36 +106,47 @@ class _ConfluentProducer:
         self._hosts = ",".join(sorted(f"{b.host}:{b.port}" for b in brokers)) or None
 
     def send_all(self, records: Sequence[Record], timeout: float) -> list[BaseException | None]:
-        from confluent_kafka import KafkaException
 
         deadline = time.monotonic() + timeout
         errors: list[BaseException | None] = [None] * len(records)
-        pending = [False] * len(records)
+        reports: list[tuple[Any, Any]] = []  # (message, error or None) per delivery report
+        failures = 0
 
-        def on_delivery_for(index: int) -> Any:
-            def on_delivery(err: Any, _msg: Any) -> None:
-                pending[index] = False
-                if err is not None:
-                    errors[index] = KafkaException(err)
+        # One callback for the whole call, not a closure per record; reports
+        # are matched to records only when something failed or timed out.
+        def on_delivery(err: Any, msg: Any) -> None:
+            nonlocal failures
+            reports.append((msg, err))
+            if err is not None:
+                failures += 1
 
-            return on_delivery
-
+        produced: list[int] = []
         with self._lock:
+            produce = self.client.produce
             for index, rec in enumerate(records):
-                kwargs: dict[str, Any] = {
-                    "value": rec.value,
-                    "key": rec.key,
-                    "timestamp": rec.timestamp_ms,
-                    "on_delivery": on_delivery_for(index),
-                }
-                if rec.partition is not None:
-                    kwargs["partition"] = rec.partition
-                if rec.headers:
-                    kwargs["headers"] = list(rec.headers)
+                headers = list(rec.headers) if rec.headers else None
                 while True:
                     try:
-                        self.client.produce(rec.topic, **kwargs)
-                        pending[index] = True
+                        if rec.partition is None:
+                            produce(
+                                rec.topic,
+                                rec.value,
+                                rec.key,
+                                on_delivery=on_delivery,
+                                timestamp=rec.timestamp_ms,
+                                headers=headers,
+                            )
+                        else:
+                            produce(
+                                rec.topic,
+                                rec.value,
+                                rec.key,
+                                partition=rec.partition,
+                                on_delivery=on_delivery,
+                                timestamp=rec.timestamp_ms,
+                                headers=headers,
+                            )
+                        produced.append(index)
                         break
                     except BufferError as exc:
                         # local queue full: serve delivery reports to make room
@@ -146,15 +157,38 @@ class _ConfluentProducer:
                     except Exception as exc:  # e.g. message too large
                         errors[index] = exc
                         break
-            while any(pending):
+            while len(reports) < len(produced):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self.client.flush(min(remaining, 0.5))
-        for index, still in enumerate(pending):
-            if still:
-                errors[index] = TimeoutError(f"not acknowledged within {timeout} s")
+        if failures or len(reports) < len(produced):
+            _attribute(records, produced, reports, errors, timeout)
         return errors
+
+
+def _attribute(
+    records: Sequence[Record],
+    produced: list[int],
+    reports: list[tuple[Any, Any]],
+    errors: list[BaseException | None],
+    timeout: float,
+) -> None:
+    """Match delivery reports to records by topic and value; unreported ones timed out."""
+    from confluent_kafka import KafkaException
+
+    pending: dict[tuple[str, bytes], list[int]] = {}
+    for index in produced:
+        pending.setdefault((records[index].topic, records[index].value), []).append(index)
+    for msg, err in reports:
+        indexes = pending.get((msg.topic(), msg.value() or b""))
+        if indexes:
+            index = indexes.pop(0)
+            if err is not None:
+                errors[index] = KafkaException(err)
+    for indexes in pending.values():
+        for index in indexes:
+            errors[index] = TimeoutError(f"not acknowledged within {timeout} s")
 
 
 def adapt_producer(producer: Any) -> ProducerAdapter:

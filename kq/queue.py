@@ -31,6 +31,8 @@ from kq.schedule import delay_topics, delayed_record, ensure_topics
 from kq.serialization import dumps as fast_dumps
 from kq.signing import SIGNATURE_HEADER, Signer
 
+_new_job = object.__new__
+
 
 def _uuid4_hex() -> str:
     """``uuid.uuid4().hex`` at a third of its cost (the same bits are set)."""
@@ -114,7 +116,11 @@ class EnqueueSpec:
             )
         if not callable(obj):
             fail_type("first argument must be a callable")
-        return Job(
+        # The frozen dataclass __init__ (nine object.__setattr__ calls) is a
+        # fifth of a batched enqueue; filling __dict__ in field order gives
+        # the same object and the same pickle bytes.
+        job: Job = _new_job(Job)
+        job.__dict__.update(
             id=_uuid4_hex(),
             timestamp=timestamp,
             topic=self._queue.topic,
@@ -125,6 +131,7 @@ class EnqueueSpec:
             key=self._key,
             partition=self._partition,
         )
+        return job
 
     def _due_ms(self, now_ms: int) -> int | None:
         if self._delay is not None:

@@ -340,13 +340,22 @@ class Worker:
         except queue.Empty:
             return
 
-    def _commit(self, asynchronous: bool, partitions: set[TopicPartition] | None = None) -> None:
+    def _commit(
+        self,
+        asynchronous: bool,
+        partitions: set[TopicPartition] | None = None,
+        again: bool | None = None,
+    ) -> None:
         if not self._commit_offsets:
             return
         owned = self._consumer.assignment()
         if partitions is not None:
             owned &= partitions
-        offsets = self._tracker.committable(owned)
+        # A synchronous commit (on revoke, at the end) sends everything finished
+        # again, in case an earlier asynchronous one failed (e.g. mid-rebalance).
+        offsets = self._tracker.committable(
+            owned, again=(not asynchronous) if again is None else again
+        )
         if not offsets:
             return
         try:
@@ -487,12 +496,15 @@ class Worker:
 
     def _loop(self, max_messages: int | None) -> None:
         last_commit = time.monotonic()
+        commits = 0
         full_since: float | None = None
         while True:
             self._drain()
             now = time.monotonic()
             if now - last_commit >= self._commit_interval:
-                self._commit(asynchronous=True)
+                # every 10th round re-sends what may have been lost meanwhile
+                commits += 1
+                self._commit(asynchronous=True, again=commits % 10 == 0)
                 last_commit = now
             if self._stopping.is_set() or self._abort.is_set():
                 return

@@ -1,0 +1,43 @@
+"""Jobs for the ``kq`` command's tests; each run is written to a ledger file (see ledger_jobs)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ledger_jobs import _append
+
+
+def fail_until(ledger: str, name: str, flag: str) -> str:
+    """Fail until the file ``flag`` exists, then succeed."""
+    _append(ledger, f"start {name} {os.getpid()}")
+    if not os.path.exists(flag):
+        raise RuntimeError(f"{name}: not yet")
+    _append(ledger, f"end {name} {os.getpid()}")
+    return name
+
+
+def greet(ledger: str, name: str, greeting: str = "hello") -> str:
+    """Record ``greeting-name`` as the job's name (shows that keyword arguments arrived)."""
+    _append(ledger, f"start {greeting}-{name} {os.getpid()}")
+    _append(ledger, f"end {greeting}-{name} {os.getpid()}")
+    return f"{greeting} {name}"
+
+
+def on_outcome(
+    status: str, message: Any, job: Any, result: Any, exception: Any, stacktrace: Any
+) -> None:
+    """A worker callback: appends ``<status> <job id>`` to the file named by CLI_TEST_OUTCOMES."""
+    _append(os.environ["CLI_TEST_OUTCOMES"], f"{status} {job.id if job else '-'}")
+
+
+def outcomes(path: str) -> list[str]:
+    """The statuses the callback saw, in order."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.split()[0] for line in f if line.strip()]
+
+
+# Worker options for `kq worker --app cli_jobs:WORKER_OPTIONS`.
+WORKER_OPTIONS = {"callback": on_outcome, "max_in_flight": 5}
