@@ -157,13 +157,20 @@ class _ConfluentProducer:
                     except Exception as exc:  # e.g. message too large
                         errors[index] = exc
                         break
+            fatal: BaseException | None = None
             while len(reports) < len(produced):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self.client.flush(min(remaining, 0.5))
+                try:
+                    self.client.flush(min(remaining, 0.5))
+                except Exception as exc:
+                    # A fatal producer error (e.g. an idempotent producer refused
+                    # by the cluster's ACLs) surfaces here, not in a report.
+                    fatal = exc
+                    break
         if failures or len(reports) < len(produced):
-            _attribute(records, produced, reports, errors, timeout)
+            _attribute(records, produced, reports, errors, timeout, fatal)
         return errors
 
 
@@ -173,8 +180,9 @@ def _attribute(
     reports: list[tuple[Any, Any]],
     errors: list[BaseException | None],
     timeout: float,
+    fatal: BaseException | None = None,
 ) -> None:
-    """Match delivery reports to records by topic and value; unreported ones timed out."""
+    """Match delivery reports to records by topic and value; unreported ones failed."""
     from confluent_kafka import KafkaException
 
     pending: dict[tuple[str, bytes], list[int]] = {}
@@ -188,7 +196,7 @@ def _attribute(
                 errors[index] = KafkaException(err)
     for indexes in pending.values():
         for index in indexes:
-            errors[index] = TimeoutError(f"not acknowledged within {timeout} s")
+            errors[index] = fatal or TimeoutError(f"not acknowledged within {timeout} s")
 
 
 def adapt_producer(producer: Any) -> ProducerAdapter:

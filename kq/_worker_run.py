@@ -48,7 +48,7 @@ class WorkerSettings:
     retry_timeouts: bool = False
     dead_letter_topic: str | None = None
     metrics_port: int | None = None
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"
     reload: bool = False
     lag_interval: float = 5.0
     log_level: str = "INFO"

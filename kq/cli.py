@@ -166,7 +166,7 @@ for command in (enqueue, info, dead_letters, replay):
 @click.option(
     "--metrics-host",
     envvar=ENV["metrics_host"],
-    default="0.0.0.0",
+    default="127.0.0.1",
     show_default=True,
     help=f"address the metrics endpoint listens on [env {ENV['metrics_host']}]",
 )

@@ -13,7 +13,11 @@ outlives its owner. The first single-node broker that stops cleanly leaves a
 class-data-sharing archive (~50 MB) in the cache, which makes later JVMs start
 about 40% faster.
 
-``python -m kq.local [--nodes 1|3]`` runs one in the foreground until Ctrl-C.
+``LocalKafka(..., auth=LocalAuth(...))`` starts it with SASL/SCRAM logins and
+ACLs instead of an open PLAINTEXT listener (see ``LocalAuth``).
+
+``python -m kq.local [--nodes 1|3] [--auth] [--user NAME=PASSWORD ...]`` runs
+one in the foreground until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -37,17 +41,30 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType, MappingProxyType, TracebackType
+from typing import Any, Literal
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
+
+# Public API of confluent_kafka.admin, imported there without an __all__.
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+)
 from confluent_kafka.cimpl import NewTopic
 
 __all__ = [
     "KAFKA_VERSION",
+    "SCRAM_MECHANISMS",
     "ExternalKafka",
+    "LocalAuth",
     "LocalKafka",
     "LocalKafkaError",
     "ensure_broker_classpath",
@@ -288,19 +305,29 @@ def _free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in sockets]
 
 
-def _admin(bootstrap: str) -> AdminClient:
+def _admin(bootstrap: str, config: Mapping[str, Any] | None = None) -> AdminClient:
     # librdkafka would print connection failures to stderr; route them to logging.
-    return AdminClient({"bootstrap.servers": bootstrap}, logger=_LOG)
+    # "logger" inside the config: the keyword argument needs confluent-kafka >= 2.4
+    settings: dict[str, Any] = {**(config or {}), "bootstrap.servers": bootstrap, "logger": _LOG}
+    return AdminClient(settings)
 
 
-def _broker_ids(bootstrap: str, timeout: float) -> set[int]:
-    metadata = _admin(bootstrap).list_topics(timeout=timeout)
+def _broker_ids(
+    bootstrap: str, timeout: float, config: Mapping[str, Any] | None = None
+) -> set[int]:
+    metadata = _admin(bootstrap, config).list_topics(timeout=timeout)
     return {int(broker_id) for broker_id in metadata.brokers}
 
 
-def _leaders_ready(bootstrap: str, topic: str, partitions: int, timeout: float) -> bool:
+def _leaders_ready(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    timeout: float,
+    config: Mapping[str, Any] | None = None,
+) -> bool:
     try:
-        metadata = _admin(bootstrap).list_topics(topic=topic, timeout=timeout)
+        metadata = _admin(bootstrap, config).list_topics(topic=topic, timeout=timeout)
     except KafkaException:
         return False
     found = metadata.topics.get(topic)
@@ -317,6 +344,7 @@ def _create_topic(
     replication_factor: int | None,
     config: Mapping[str, str] | None,
     timeout: float,
+    client_config: Mapping[str, Any] | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout
     new = NewTopic(
@@ -325,7 +353,7 @@ def _create_topic(
         replication_factor=-1 if replication_factor is None else replication_factor,
         config=dict(config or {}),
     )
-    admin = _admin(bootstrap)  # must outlive the futures
+    admin = _admin(bootstrap, client_config)  # must outlive the futures
     futures = admin.create_topics([new], operation_timeout=timeout, request_timeout=timeout)
     try:
         futures[name].result(timeout)
@@ -334,7 +362,7 @@ def _create_topic(
     # Every broker must know the leaders, or a client that asks the wrong one
     # first sees UNKNOWN_TOPIC_OR_PARTITION.
     for address in check_addresses:
-        while not _leaders_ready(address, name, partitions, 5.0):
+        while not _leaders_ready(address, name, partitions, 5.0, client_config):
             if time.monotonic() > deadline:
                 raise LocalKafkaError(
                     f"topic {name!r} has no leader for all {partitions} partitions on "
@@ -373,6 +401,206 @@ def _jvms_started_by(owner_pid: int) -> list[int]:
         if is_jvm and _is_alive(int(entry.name)):
             found.append(int(entry.name))
     return sorted(found)
+
+
+# -- authentication ------------------------------------------------------------
+
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+_SCRAM_HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
+_SCRAM_ITERATIONS = 4096  # the minimum Kafka accepts
+_USER_NAME = re.compile(r"[A-Za-z0-9._-]+")
+# The client listener's name when auth is on; the controller listener keeps its name.
+_SASL_LISTENER = "SASL_PLAINTEXT"
+_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+_ACL_SETTLE = 0.5  # seconds; see LocalKafka.grant
+ClientFamily = Literal["confluent", "kafka-python"]
+
+
+def _check_credentials(name: str, password: str) -> None:
+    if not isinstance(name, str) or not _USER_NAME.fullmatch(name):
+        raise ValueError(f"user name {name!r} must be letters, digits, '.', '_' or '-'")
+    if not isinstance(password, str) or not password:
+        raise ValueError(f"the password of {name!r} must be a non-empty str")
+    # The admin's goes, double-quoted, into the broker's JAAS settings in
+    # server.properties, which Java reads as ISO-8859-1; one rule for all.
+    if any(char in '"\\' or not (char.isascii() and char.isprintable()) for char in password):
+        raise ValueError(f"the password of {name!r} must be printable ASCII without '\"' or '\\'")
+
+
+@dataclass(frozen=True, repr=False)
+class LocalAuth:
+    """SASL/SCRAM users and ACL enforcement for a ``LocalKafka``.
+
+    ``admin`` is ``(name, password)`` of the super user: the broker uses it to
+    talk to itself and to other nodes, and ``LocalKafka`` uses it for its
+    readiness check, topics and ACLs. ``users`` maps the other user names to
+    their passwords. Every user gets a credential for each of ``mechanisms``
+    when the storage is formatted, so they exist before any client connects.
+    Nobody but the admin may do anything until granted (``LocalKafka.grant``).
+    Passwords never appear in the repr.
+    """
+
+    admin: tuple[str, str] = ("admin", "admin-secret")
+    users: Mapping[str, str] = field(default_factory=dict)
+    mechanisms: tuple[str, ...] = SCRAM_MECHANISMS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.admin, tuple) or len(self.admin) != 2:
+            raise ValueError("admin must be a (name, password) tuple")
+        _check_credentials(*self.admin)
+        users = dict(self.users)
+        for name, password in users.items():
+            _check_credentials(name, password)
+        if self.admin[0] in users:
+            raise ValueError(f"{self.admin[0]!r} is the admin; do not list it in users too")
+        mechanisms = tuple(self.mechanisms)
+        unknown = [m for m in mechanisms if m not in SCRAM_MECHANISMS]
+        if not mechanisms or unknown:
+            raise ValueError(
+                f"mechanisms must be one or more of {', '.join(SCRAM_MECHANISMS)}, "
+                f"not {list(mechanisms)}"
+            )
+        object.__setattr__(self, "users", MappingProxyType(users))
+        object.__setattr__(self, "mechanisms", mechanisms)
+
+    def __repr__(self) -> str:
+        return (
+            f"LocalAuth(admin={self.admin[0]!r}, users={sorted(self.users)!r}, "
+            f"mechanisms={self.mechanisms!r})"
+        )
+
+    @property
+    def admin_name(self) -> str:
+        """The super user's name."""
+        return self.admin[0]
+
+    def password(self, user: str) -> str:
+        """The password of ``user`` (the admin or one of ``users``)."""
+        if user == self.admin[0]:
+            return self.admin[1]
+        try:
+            return self.users[user]
+        except KeyError:
+            known = ", ".join([self.admin[0], *sorted(self.users)])
+            raise LocalKafkaError(f"no user {user!r}; the users are {known}") from None
+
+    def client_config(
+        self,
+        user: str | None = None,
+        *,
+        client: ClientFamily = "confluent",
+        mechanism: str | None = None,
+    ) -> dict[str, str]:
+        """Client settings that log in as ``user`` (default: the admin).
+
+        confluent-kafka (librdkafka) names: ``security.protocol``,
+        ``sasl.mechanism``, ``sasl.username``, ``sasl.password``; kafka-python
+        names: ``security_protocol``, ``sasl_mechanism``,
+        ``sasl_plain_username``, ``sasl_plain_password``. ``mechanism``
+        defaults to the first of ``mechanisms``.
+        """
+        name = self.admin[0] if user is None else user
+        password = self.password(name)
+        chosen = self.mechanisms[0] if mechanism is None else mechanism
+        if chosen not in self.mechanisms:
+            raise LocalKafkaError(
+                f"mechanism {chosen!r} is not enabled; enabled: {', '.join(self.mechanisms)}"
+            )
+        if client == "confluent":
+            return {
+                "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": chosen,
+                "sasl.username": name,
+                "sasl.password": password,
+            }
+        if client == "kafka-python":
+            return {
+                "security_protocol": "SASL_PLAINTEXT",
+                "sasl_mechanism": chosen,
+                "sasl_plain_username": name,
+                "sasl_plain_password": password,
+            }
+        raise ValueError(f"client must be 'confluent' or 'kafka-python', not {client!r}")
+
+    def scram_arguments(self) -> list[str]:
+        """``kafka-storage format`` arguments that create every credential.
+
+        The passwords are salted and hashed here, as Kafka would, so the plain
+        passwords are not handed to the tool (``LocalKafka`` passes these in
+        a private ``@file``, as the salted form lets its holder log in too).
+        """
+        arguments: list[str] = []
+        for name, password in [self.admin, *sorted(self.users.items())]:
+            for mechanism in self.mechanisms:
+                salt = os.urandom(16)
+                salted = hashlib.pbkdf2_hmac(
+                    _SCRAM_HASHES[mechanism], password.encode(), salt, _SCRAM_ITERATIONS
+                )
+                arguments += [
+                    "--add-scram",
+                    f"{mechanism}=[name={name},iterations={_SCRAM_ITERATIONS},"
+                    f'salt="{base64.b64encode(salt).decode()}",'
+                    f'saltedpassword="{base64.b64encode(salted).decode()}"]',
+                ]
+        return arguments
+
+    def server_properties(self) -> dict[str, str]:
+        """The broker settings: SCRAM on the client listener, PLAIN on the controller listener.
+
+        Clients and brokers (inter-broker traffic) use SCRAM on the
+        ``SASL_PLAINTEXT`` listener. The controller listener cannot use SCRAM
+        (its credentials live in the metadata that the controllers serve), so
+        it uses SASL/PLAIN with the admin's name and password, defined in the
+        broker's own settings: no listener accepts unauthenticated clients.
+        """
+        name, password = self.admin
+        scram_login = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{name}" password="{password}";'
+        )
+        plain_login = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{name}" password="{password}" user_{name}="{password}";'
+        )
+        listener = _SASL_LISTENER.lower()
+        properties = {
+            "listener.security.protocol.map": (
+                f"CONTROLLER:SASL_PLAINTEXT,{_SASL_LISTENER}:SASL_PLAINTEXT"
+            ),
+            "inter.broker.listener.name": _SASL_LISTENER,
+            "sasl.enabled.mechanisms": ",".join(self.mechanisms),
+            "sasl.mechanism.inter.broker.protocol": self.mechanisms[0],
+            f"listener.name.{listener}.sasl.enabled.mechanisms": ",".join(self.mechanisms),
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": plain_login,
+            "authorizer.class.name": _AUTHORIZER,
+            "super.users": f"User:{name}",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+        for mechanism in self.mechanisms:
+            key = f"listener.name.{listener}.{mechanism.lower()}.sasl.jaas.config"
+            properties[key] = scram_login
+        return properties
+
+
+def _principal(principal: str) -> str:
+    # "alice" -> "User:alice"; "User:alice" (or any "Type:name") as given.
+    return principal if ":" in principal else f"User:{principal}"
+
+
+def _acl_operations(operations: str | Sequence[str]) -> list[AclOperation]:
+    names = [operations] if isinstance(operations, str) else list(operations)
+    if not names:
+        raise ValueError("give at least one operation, e.g. ['WRITE', 'DESCRIBE']")
+    found = []
+    for name in names:
+        try:
+            found.append(AclOperation[str(name).upper()])
+        except KeyError:
+            valid = ", ".join(op.name for op in AclOperation if op.name not in ("UNKNOWN", "ANY"))
+            raise ValueError(f"unknown ACL operation {name!r}; use one of {valid}") from None
+    return found
 
 
 # -- the cluster ---------------------------------------------------------------
@@ -423,6 +651,13 @@ class LocalKafka:
     folder that ``stop()`` removes; a given ``workdir`` is kept, and data that
     is already formatted in it is reused. ``broker_config`` entries override the
     generated ``server.properties`` of every node.
+
+    With ``auth=LocalAuth(...)`` the client listener takes only SASL/SCRAM logins
+    (``SASL_PLAINTEXT``), the users' credentials are created when the storage is
+    formatted, and ACLs are enforced (``StandardAuthorizer``, nothing allowed
+    without an ACL, the admin a super user): see ``client_config`` and ``grant``.
+    Users are created only by the first format: a ``workdir`` formatted before
+    keeps the users it was formatted with.
     """
 
     def __init__(
@@ -434,9 +669,13 @@ class LocalKafka:
         startup_timeout: float = 60.0,
         heap: str = "512m",
         broker_config: Mapping[str, str] | None = None,
+        auth: LocalAuth | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be at least 1, not {nodes}")
+        if auth is not None and not isinstance(auth, LocalAuth):
+            raise TypeError(f"auth must be a kq.local.LocalAuth or None, not {auth!r}")
+        self._auth = auth
         self._count = nodes
         self._version = version
         self._workdir = Path(workdir).resolve() if workdir is not None else None
@@ -453,7 +692,8 @@ class LocalKafka:
 
     def __repr__(self) -> str:
         where = self.bootstrap_servers if self._nodes else "not started"
-        return f"LocalKafka(nodes={self._count}, {where})"
+        secured = ", SASL/SCRAM + ACLs" if self._auth is not None else ""
+        return f"LocalKafka(nodes={self._count}, {where}{secured})"
 
     def __enter__(self) -> LocalKafka:
         return self.start()
@@ -481,6 +721,139 @@ class LocalKafka:
     def node_address(self, node_id: int) -> str:
         """``127.0.0.1:port`` of one node's client listener."""
         return self._node(node_id).address
+
+    @property
+    def auth(self) -> LocalAuth | None:
+        """The users and mechanisms when started with ``auth``, else None."""
+        return self._auth
+
+    def client_config(
+        self,
+        user: str | None = None,
+        *,
+        client: ClientFamily = "confluent",
+        mechanism: str | None = None,
+    ) -> dict[str, str]:
+        """Client settings to log in as ``user`` (default: the admin); see ``LocalAuth``.
+
+        Merge them into a client's configuration, e.g.
+        ``Queue.connect(bootstrap, topic, producer_config=kafka.client_config("alice"))``
+        or, for kafka-python, ``client_config("alice", client="kafka-python")``.
+        Without ``auth``: ``{}`` for ``user=None`` (nothing is needed).
+        """
+        if self._auth is None:
+            if user is None:
+                return {}
+            raise LocalKafkaError(f"no user {user!r}: this LocalKafka runs without auth")
+        return self._auth.client_config(user, client=client, mechanism=mechanism)
+
+    def admin_client(self) -> AdminClient:
+        """A confluent-kafka ``AdminClient`` for the running nodes, logged in as the admin."""
+        return _admin(self._running_bootstrap("make an admin client"), self.client_config())
+
+    def grant(
+        self,
+        principal: str,
+        operations: str | Sequence[str],
+        *,
+        topic: str | None = None,
+        group: str | None = None,
+        cluster: bool = False,
+        prefixed: bool = False,
+        deny: bool = False,
+        host: str = "*",
+        timeout: float = 30.0,
+    ) -> None:
+        """Add an ACL and return once every running node enforces it.
+
+        ``principal`` is ``"User:alice"`` (or just ``"alice"``); ``operations``
+        are Kafka's ACL operation names (``READ``, ``WRITE``, ``DESCRIBE``,
+        ``CREATE``, ``ALL``, ...). Name exactly one resource: ``topic``,
+        ``group`` (a consumer group) or ``cluster=True``; ``prefixed=True``
+        matches every topic or group whose name starts with the given one.
+        ``deny=True`` adds a DENY rule, which wins over any ALLOW.
+
+        On a single node the new ACL is enforced when this returns. With several
+        nodes each one is asked (through its own address) and then given half
+        a second more, since the client may route the question to another node.
+        """
+        self._require_auth("grant ACLs")
+        resources = [
+            (kind, name)
+            for kind, name in (
+                (ResourceType.TOPIC, topic),
+                (ResourceType.GROUP, group),
+                (ResourceType.BROKER, "kafka-cluster" if cluster else None),
+            )
+            if name is not None
+        ]
+        if len(resources) != 1:
+            raise ValueError("name exactly one of topic=..., group=... or cluster=True")
+        kind, name = resources[0]
+        pattern = ResourcePatternType.PREFIXED if prefixed else ResourcePatternType.LITERAL
+        if kind is ResourceType.BROKER and prefixed:
+            raise ValueError("prefixed=True applies to topics and groups only")
+        bindings = [
+            AclBinding(
+                kind,
+                name,
+                pattern,
+                _principal(principal),
+                host,
+                operation,
+                AclPermissionType.DENY if deny else AclPermissionType.ALLOW,
+            )
+            for operation in _acl_operations(operations)
+        ]
+        bootstrap = self._running_bootstrap("grant ACLs")
+        config = self.client_config()
+        admin = _admin(bootstrap, config)  # must outlive the futures
+        futures = admin.create_acls(bindings, request_timeout=timeout)
+        for binding, future in futures.items():
+            try:
+                future.result(timeout)
+            except KafkaException as exc:
+                raise LocalKafkaError(f"could not create ACL {binding}: {exc}") from exc
+        # The controller has committed the ACLs; each broker's authorizer applies
+        # them once it has caught up with the metadata log. A broker answers
+        # DescribeAcls from its own authorizer, so ask through each node.
+        deadline = time.monotonic() + timeout
+        running = [node for node in self._started_nodes() if node.running()]
+        for node in running:
+            self._wait_acls(node, bindings, deadline)
+        if len(running) > 1:
+            # librdkafka may route a request to any node it has learned of, not
+            # only the one it was bootstrapped with; give a lagging node (they
+            # trail the controller by milliseconds) a moment to catch up.
+            time.sleep(_ACL_SETTLE)
+
+    def grant_producer(
+        self, principal: str, topic: str, *, prefixed: bool = False, timeout: float = 30.0
+    ) -> None:
+        """Let ``principal`` write to ``topic``: ``WRITE`` and ``DESCRIBE`` (kafka-acls --producer).
+
+        Idempotent producers (kq's default with confluent-kafka) need nothing more
+        since Kafka 3.0 (KIP-679: ``WRITE`` on a topic implies ``IDEMPOTENT_WRITE``).
+        """
+        operations = ["WRITE", "DESCRIBE"]
+        self.grant(principal, operations, topic=topic, prefixed=prefixed, timeout=timeout)
+
+    def grant_consumer(
+        self,
+        principal: str,
+        topic: str,
+        group: str,
+        *,
+        prefixed: bool = False,
+        timeout: float = 30.0,
+    ) -> None:
+        """Let ``principal`` consume ``topic`` in ``group``, like kafka-acls --consumer.
+
+        ``READ`` and ``DESCRIBE`` on the topic, ``READ`` on the group (to join
+        it and commit offsets). ``prefixed`` applies to the topic and the group.
+        """
+        self.grant(principal, ["READ", "DESCRIBE"], topic=topic, prefixed=prefixed, timeout=timeout)
+        self.grant(principal, ["READ"], group=group, prefixed=prefixed, timeout=timeout)
 
     def start(self) -> LocalKafka:
         """Format (first time only) and start every node; wait until all answer."""
@@ -603,6 +976,7 @@ class LocalKafka:
             replication_factor,
             config,
             timeout,
+            self.client_config(),
         )
 
     def log_tail(self, node_id: int, lines: int = 50) -> str:
@@ -631,6 +1005,47 @@ class LocalKafka:
             raise LocalKafkaError("this LocalKafka is not started; call start() first")
         return list(self._nodes.values())
 
+    def _running_bootstrap(self, purpose: str) -> str:
+        nodes = [node for node in self._started_nodes() if node.running()]
+        if not nodes:
+            raise LocalKafkaError(f"cannot {purpose}: no node is running")
+        return ",".join(node.address for node in nodes)
+
+    def _require_auth(self, purpose: str) -> LocalAuth:
+        if self._auth is None:
+            raise LocalKafkaError(
+                f"cannot {purpose}: this LocalKafka was started without auth=LocalAuth(...)"
+            )
+        return self._auth
+
+    def _wait_acls(self, node: _Node, bindings: list[AclBinding], deadline: float) -> None:
+        # DescribeAcls is answered by the node's own authorizer.
+        admin = _admin(node.address, self.client_config())
+        wanted = set(bindings)
+        while True:
+            found: set[AclBinding] = set()
+            with contextlib.suppress(KafkaException):
+                seen = admin.describe_acls(
+                    AclBindingFilter(
+                        bindings[0].restype,
+                        bindings[0].name,
+                        bindings[0].resource_pattern_type,
+                        bindings[0].principal,
+                        bindings[0].host,
+                        AclOperation.ANY,
+                        bindings[0].permission_type,
+                    ),
+                    request_timeout=5.0,
+                ).result(5.0)
+                found = set(seen)
+            if wanted <= found:
+                return
+            if time.monotonic() > deadline:
+                raise LocalKafkaError(
+                    f"node {node.node_id} does not enforce the new ACLs {bindings} in time"
+                )
+            time.sleep(0.05)
+
     def _prepare(self) -> None:
         if self._workdir is None:
             self._root = Path(tempfile.mkdtemp(prefix="kq-kafka-"))
@@ -648,6 +1063,8 @@ class LocalKafka:
         for node in self._nodes.values():
             lines = [f"{key}={value}" for key, value in self._server_properties(node).items()]
             node.config_path.write_text("\n".join(lines) + "\n")
+            if self._auth is not None:
+                node.config_path.chmod(0o600)  # it holds the admin's password
 
     def _server_properties(self, node: _Node) -> dict[str, str]:
         replicas = str(min(self._count, 3))
@@ -655,7 +1072,10 @@ class LocalKafka:
         voters = ",".join(
             f"{other.node_id}@127.0.0.1:{other.controller_port}" for other in self._nodes.values()
         )
-        listeners = f"PLAINTEXT://{node.address},CONTROLLER://127.0.0.1:{node.controller_port}"
+        client_listener = "PLAINTEXT" if self._auth is None else _SASL_LISTENER
+        listeners = (
+            f"{client_listener}://{node.address},CONTROLLER://127.0.0.1:{node.controller_port}"
+        )
         properties = {
             "process.roles": "broker,controller",
             "node.id": str(node.node_id),
@@ -687,6 +1107,8 @@ class LocalKafka:
             # The default 128 MiB is allocated at startup, per node.
             "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
         }
+        if self._auth is not None:
+            properties.update(self._auth.server_properties())
         properties.update(self._broker_config)
         return properties
 
@@ -695,51 +1117,71 @@ class LocalKafka:
         pending = [n for n in self._nodes.values() if not (n.data_dir / "meta.properties").exists()]
         if not pending:
             return
-        cluster_id = _random_id()
-        processes = [
-            (
-                node,
-                subprocess.Popen(
-                    [
-                        self._java,
-                        "-Xmx256m",
-                        # A one-shot tool: a quick JIT starts faster.
-                        "-XX:TieredStopAtLevel=1",
-                        "-XX:+UseSerialGC",
-                        *self._cds_flags(None),
-                        f"-Dlog4j2.configurationFile={_LOG4J2}",
-                        "-cp",
-                        f"{self._libs}/*",
-                        "kafka.tools.StorageTool",
-                        "format",
-                        "-t",
-                        cluster_id,
-                        "-c",
-                        str(node.config_path),
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                ),
-            )
-            for node in pending
-        ]
-        deadline = time.monotonic() + self._startup_timeout
-        failure = ""
-        for node, process in processes:
-            try:
-                output, _ = process.communicate(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                output, _ = process.communicate()
-                failure = failure or f"formatting node {node.node_id} timed out"
-            if process.returncode and not failure:
-                failure = (
-                    f"formatting node {node.node_id} failed (exit {process.returncode}):\n"
-                    + _tail(output.decode(errors="replace"), 30)
+        with self._scram_arguments() as scram:
+            cluster_id = _random_id()
+            processes = [
+                (
+                    node,
+                    subprocess.Popen(
+                        [
+                            self._java,
+                            "-Xmx256m",
+                            # A one-shot tool: a quick JIT starts faster.
+                            "-XX:TieredStopAtLevel=1",
+                            "-XX:+UseSerialGC",
+                            *self._cds_flags(None),
+                            f"-Dlog4j2.configurationFile={_LOG4J2}",
+                            "-cp",
+                            f"{self._libs}/*",
+                            "kafka.tools.StorageTool",
+                            "format",
+                            "-t",
+                            cluster_id,
+                            "-c",
+                            str(node.config_path),
+                            *scram,
+                        ],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                    ),
                 )
+                for node in pending
+            ]
+            deadline = time.monotonic() + self._startup_timeout
+            failure = ""
+            for node, process in processes:
+                try:
+                    output, _ = process.communicate(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    output, _ = process.communicate()
+                    failure = failure or f"formatting node {node.node_id} timed out"
+                if process.returncode and not failure:
+                    failure = (
+                        f"formatting node {node.node_id} failed (exit {process.returncode}):\n"
+                        + _tail(output.decode(errors="replace"), 30)
+                    )
         if failure:
             raise LocalKafkaError(failure)
+
+    @contextlib.contextmanager
+    def _scram_arguments(self) -> Iterator[list[str]]:
+        # The same credentials (and salts) for every node, in a file that only
+        # we can read (argparse4j's @file), not on a command line anyone can
+        # see: a salted SCRAM password lets its holder log in too.
+        if self._auth is None:
+            yield []
+            return
+        assert self._root is not None
+        path = self._root / f"scram-{uuid.uuid4().hex}.args"
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write("\n".join(self._auth.scram_arguments()) + "\n")
+            yield [f"@{path}"]
+        finally:
+            path.unlink(missing_ok=True)
 
     def _launch(self, node: _Node) -> None:
         assert self._libs is not None
@@ -824,7 +1266,7 @@ class LocalKafka:
                 return False
         try:
             timeout = min(5.0, max(0.5, deadline - time.monotonic()))
-            return broker_ids <= _broker_ids(node.address, timeout)
+            return broker_ids <= _broker_ids(node.address, timeout, self.client_config())
         except KafkaException:
             return False
 
@@ -947,6 +1389,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _name_password(parser: argparse.ArgumentParser, text: str) -> tuple[str, str]:
+    name, separator, password = text.partition("=")
+    if not separator:
+        parser.error(f"expected NAME=PASSWORD, not {text!r}")
+    return name, password
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a local Kafka in the foreground until Ctrl-C or SIGTERM."""
     parser = argparse.ArgumentParser(
@@ -955,12 +1404,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, choices=(1, 3), default=1)
     parser.add_argument("--version", default=KAFKA_VERSION, help="Kafka version (4.x)")
     parser.add_argument("--workdir", help="keep the data here (default: a temporary folder)")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="SASL/SCRAM logins and ACLs (admin 'admin'/'admin-secret' unless --admin)",
+    )
+    parser.add_argument("--admin", metavar="NAME=PASSWORD", help="the super user (implies --auth)")
+    parser.add_argument(
+        "--user",
+        metavar="NAME=PASSWORD",
+        action="append",
+        default=[],
+        help="a SCRAM user with no rights until granted (repeatable; implies --auth)",
+    )
     args = parser.parse_args(argv)
+    auth: LocalAuth | None = None
+    if args.auth or args.admin or args.user:
+        try:
+            users = dict(_name_password(parser, text) for text in args.user)
+            admin = _name_password(parser, args.admin) if args.admin else ("admin", "admin-secret")
+            auth = LocalAuth(admin=admin, users=users)
+        except ValueError as exc:
+            parser.error(str(exc))
     signal.signal(signal.SIGTERM, _interrupt)
-    kafka = LocalKafka(args.nodes, version=args.version, workdir=args.workdir)
+    kafka = LocalKafka(args.nodes, version=args.version, workdir=args.workdir, auth=auth)
     try:
         kafka.start()
         print(f"bootstrap_servers={kafka.bootstrap_servers}", flush=True)
+        if auth is not None:
+            settings = kafka.client_config()
+            settings["sasl.password"] = "***"
+            print(
+                f"SASL/SCRAM on, ACLs enforced; users: {', '.join([auth.admin_name, *auth.users])}"
+                f" (super user: {auth.admin_name}); client settings: "
+                + " ".join(f"{key}={value}" for key, value in settings.items()),
+                flush=True,
+            )
         while all(kafka.is_running(node_id) for node_id in kafka.node_ids):
             time.sleep(0.5)
         print("a Kafka node exited; its log:", file=sys.stderr)

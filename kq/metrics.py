@@ -296,7 +296,7 @@ class LagMonitor:
         self.refreshed += 1
 
 
-def serve(port: int, host: str = "0.0.0.0", registry: CollectorRegistry | None = None) -> Any:
+def serve(port: int, host: str = "127.0.0.1", registry: CollectorRegistry | None = None) -> Any:
     """Serve ``/metrics`` on ``host:port`` from a daemon thread; returns the HTTP server.
 
     ``OSError`` if the port cannot be bound.

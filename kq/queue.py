@@ -420,10 +420,15 @@ def connect_queue(
     **queue_options: Any,
 ) -> Queue:
     """A ready Queue from a bootstrap address, with a durable producer made by kq."""
-    producer = make_producer(
-        bootstrap_servers,
-        client=client,
-        delivery_timeout=delivery_timeout,
-        **(producer_config or {}),
-    )
+    try:
+        producer = make_producer(
+            bootstrap_servers,
+            client=client,
+            delivery_timeout=delivery_timeout,
+            **(producer_config or {}),
+        )
+    except Exception as exc:
+        # kafka-python connects in its constructor: an unreachable cluster or a
+        # refused login is an enqueue that cannot happen, said as one error.
+        raise EnqueueError(topic, f"cannot connect a producer: {exc!r}", exc) from exc
     return Queue(topic, producer, delivery_timeout=delivery_timeout, **queue_options)

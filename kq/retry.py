@@ -138,6 +138,10 @@ class Attempt:
         """Whether a failure of this run is final (dead-lettered if a policy is set)."""
         return self.policy is None or self.number >= self.policy.max_attempts
 
+    def is_final(self, status: str) -> bool:
+        """Whether an outcome ``status`` of this run is the job's last (no retry follows)."""
+        return self.policy is None or not self.policy.retries(status, self.number)
+
     @classmethod
     def from_headers(cls, headers: Mapping[str, bytes], default: RetryPolicy | None) -> Attempt:
         """The attempt of a delivered message; bad headers raise ``ValueError``."""

@@ -174,8 +174,19 @@ class Forwarder:
             for tp in partitions:
                 held.pop((tp.topic, tp.partition), None)
 
+        def assigned(assigned_to: Any, partitions: list[Any]) -> None:
+            forget(assigned_to, partitions)
+            assigned_to.assign(partitions)
+            # librdkafka keeps a partition's pause flag across a rebalance: one
+            # held before it would otherwise never be fetched again.
+            if partitions:
+                assigned_to.resume(partitions)
+
         consumer.subscribe(
-            [f"^{re.escape(self._topic)}\\.kq-delay-.*"], on_revoke=forget, on_assign=forget
+            [f"^{re.escape(self._topic)}\\.kq-delay-.*"],
+            on_revoke=forget,
+            on_assign=assigned,
+            on_lost=forget,
         )
         try:
             while not self._stop.is_set():

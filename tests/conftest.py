@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
-from kq.local import ExternalKafka, LocalKafka, _jvms_started_by
+from kq.local import ExternalKafka, LocalAuth, LocalKafka, _jvms_started_by
 
 EXTERNAL = os.environ.get("KQ_TEST_BOOTSTRAP", "").strip()
 SKIP_EXTERNAL = (
@@ -117,3 +117,32 @@ def _restart_cluster_nodes(request: pytest.FixtureRequest) -> Iterator[None]:
     for node_id in local.node_ids:
         if not local.is_running(node_id):
             local.start_node(node_id)
+
+
+# Users of the ``secure_kafka`` broker. None but the admin has any right until
+# a test grants it (ACLs are enforced and nothing is allowed without one).
+SECURE_ADMIN = ("admin", "admin-secret")
+SECURE_USERS = {
+    "alice": "alice-secret",
+    "bob": "bob-secret",
+    "carol": "carol-secret",
+    "dave": "dave-secret",
+}
+
+
+@pytest.fixture(scope="session")
+def secure_kafka() -> Iterator[LocalKafka]:
+    """A local single node with SASL/SCRAM logins and ACLs (started on first use).
+
+    Users: the super user ``admin`` and ``alice``, ``bob``, ``carol``, ``dave``,
+    who may do nothing until granted (``secure_kafka.grant(...)``). Client settings:
+    ``secure_kafka.client_config(user, client=...)``.
+    """
+    if EXTERNAL:
+        pytest.skip(
+            f"KQ_TEST_BOOTSTRAP={EXTERNAL} points at an external cluster; "
+            "the SASL/ACL tests need a local broker of their own"
+        )
+    auth = LocalAuth(admin=SECURE_ADMIN, users=SECURE_USERS)
+    with LocalKafka(1, auth=auth) as local:
+        yield local
