@@ -39,7 +39,7 @@ def check_callable_or_none(obj: Any, message: str) -> None:
 def check_timeout(obj: Any, message: str = "timeout must be an int or float") -> None:
     if not is_number(obj):
         fail_type(message)
-    if obj < 0:
+    if obj < 0 or obj != obj:  # obj != obj: NaN, which no comparison would catch
         fail_value(message.replace("must be an int or float", "must be 0 or greater"))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -72,6 +73,7 @@ class _KafkaPythonConsumer:
         self.client = client
         self.hosts = _join_hosts(client.config["bootstrap_servers"])
         self.group = str(group)
+        self._in_listener = False
         self._topic: str | None = None
         self.headers: dict[tuple[str, int, int], dict[str, bytes]] = {}
         self._logger = logger
@@ -102,9 +104,17 @@ class _KafkaPythonConsumer:
         def pairs(tps: Iterable[Any]) -> list[tuple[str, int]]:
             return [(tp.topic, tp.partition) for tp in tps]
 
+        adapter = self
+
         class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             def on_partitions_revoked(self, revoked: Any) -> None:
-                handler.on_revoked(pairs(revoked))
+                # kafka-python 3 calls listeners on its IO thread, where a
+                # blocking commit is refused: commit asynchronously there.
+                adapter._in_listener = True
+                try:
+                    handler.on_revoked(pairs(revoked))
+                finally:
+                    adapter._in_listener = False
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 handler.on_assigned(pairs(assigned))
@@ -159,7 +169,7 @@ class _KafkaPythonConsumer:
             TopicPartition(t, p): OffsetAndMetadata(offset, "", -1)
             for (t, p), offset in offsets.items()
         }
-        if asynchronous:
+        if asynchronous or self._in_listener:
             self.client.commit_async(offsets=data)
         else:
             self.client.commit(offsets=data)
@@ -321,6 +331,12 @@ class _ConfluentConsumer:
     def unsubscribe(self) -> None:
         self.client.unsubscribe()
         self._topic = None
+        # librdkafka leaves the group only while the application serves its
+        # queue: without these polls the other members wait a session timeout.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and self.client.assignment():
+            self.client.poll(0.05)
+        self.client.poll(0.05)
 
 
 def adapt_consumer(consumer: Any, logger: logging.Logger) -> ConsumerAdapter:

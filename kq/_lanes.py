@@ -1,15 +1,17 @@
-"""Threads that run jobs, keeping messages with the same key in order.
+"""Job threads that keep messages with the same key in order, and nothing else waiting.
 
-Each lane is one thread with its own queue. A keyed message always goes to the
-lane its key hashes to, so jobs of one key never overlap and run in offset
-order; unkeyed messages go to the shortest lane.
+A fixed pool of threads takes messages in arrival order. A keyed message waits
+only while an earlier message with the same key is queued or running, so jobs
+of one key never overlap and run in offset order, while jobs of different keys
+(and unkeyed jobs) run in parallel up to the pool's size: no two keys share a
+queue, unlike hashing keys onto lanes (the model of Confluent's Parallel
+Consumer "key" ordering).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -18,17 +20,8 @@ from kq.message import Message
 TopicPartition = tuple[str, int]
 
 
-class _Lane:
-    __slots__ = ("current", "queue", "thread")
-
-    def __init__(self) -> None:
-        self.queue: deque[Message] = deque()
-        self.current: Message | None = None
-        self.thread: threading.Thread | None = None
-
-
 class Lanes:
-    """A fixed set of job threads fed by the worker's Kafka loop."""
+    """A pool of job threads fed by the worker's Kafka loop, ordered per key."""
 
     def __init__(
         self,
@@ -37,36 +30,43 @@ class Lanes:
         finished: Callable[[Message, bool], None],
         name: str = "kq-job",
     ) -> None:
-        self._lanes = [_Lane() for _ in range(count)]
+        self._count = count
         self._handle = handle
         self._finished = finished
         self._cond = threading.Condition()
         self._closed = False
         self._name = name
+        self._threads: list[threading.Thread] = []
+        self._ready: deque[Message] = deque()  # may start now, in arrival order
+        self._waiting: dict[bytes, deque[Message]] = {}  # behind their key's active job
+        self._active: set[bytes] = set()  # keys with a message ready or running
+        self._running: dict[int, Message] = {}  # thread ident -> its message
 
     def _ensure_started(self) -> None:
-        for index, lane in enumerate(self._lanes):
-            if lane.thread is None or not lane.thread.is_alive():
-                # daemon: a job that ignores shutdown must not keep the process alive
-                lane.thread = threading.Thread(
-                    target=self._run, args=(lane,), name=f"{self._name}-{index}", daemon=True
-                )
-                lane.thread.start()
+        self._threads = [t for t in self._threads if t.is_alive()]
+        for index in range(len(self._threads), self._count):
+            # daemon: a job that ignores shutdown must not keep the process alive
+            thread = threading.Thread(target=self._run, name=f"{self._name}-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _enqueue(self, message: Message) -> None:
+        key = message.key
+        if key is None or self._count == 1:  # one thread: arrival order is offset order
+            self._ready.append(message)
+        elif key in self._active:
+            self._waiting.setdefault(key, deque()).append(message)
+        else:
+            self._active.add(key)
+            self._ready.append(message)
 
     def submit(self, messages: Iterable[Message]) -> None:
-        """Queue messages for their lanes."""
-        count = len(self._lanes)
+        """Queue messages (in offset order per partition)."""
         with self._cond:
             self._closed = False
             self._ensure_started()
             for message in messages:
-                if count == 1:
-                    lane = self._lanes[0]
-                elif message.key is not None:
-                    lane = self._lanes[zlib.crc32(message.key) % count]
-                else:
-                    lane = min(self._lanes, key=lambda ln: len(ln.queue) + (ln.current is not None))
-                lane.queue.append(message)
+                self._enqueue(message)
             self._cond.notify_all()
 
     def discard(self, partitions: Iterable[TopicPartition] | None = None) -> list[Message]:
@@ -74,27 +74,30 @@ class Lanes:
         wanted = None if partitions is None else set(partitions)
         removed: list[Message] = []
         with self._cond:
-            for lane in self._lanes:
-                keep: deque[Message] = deque()
-                for m in lane.queue:
-                    if wanted is None or (m.topic, m.partition) in wanted:
-                        removed.append(m)
-                    else:
-                        keep.append(m)
-                lane.queue = keep
+            queued = list(self._ready)
+            for messages in self._waiting.values():
+                queued.extend(messages)
+            self._ready.clear()
+            self._waiting.clear()
+            self._active = {m.key for m in self._running.values() if m.key is not None}
+            # Ready messages are older than waiting ones of their key: re-adding
+            # in this order keeps each key's order.
+            for m in queued:
+                if wanted is None or (m.topic, m.partition) in wanted:
+                    removed.append(m)
+                else:
+                    self._enqueue(m)
+            self._cond.notify_all()
         return removed
 
     def busy(self, partitions: Iterable[TopicPartition] | None = None) -> bool:
         """Whether a job of these partitions (or any) is running or queued."""
         wanted = None if partitions is None else set(partitions)
         with self._cond:
-            for lane in self._lanes:
-                pending = list(lane.queue)
-                if lane.current is not None:
-                    pending.append(lane.current)
-                if any(wanted is None or (m.topic, m.partition) in wanted for m in pending):
-                    return True
-        return False
+            pending = list(self._ready) + list(self._running.values())
+            for messages in self._waiting.values():
+                pending.extend(messages)
+            return any(wanted is None or (m.topic, m.partition) in wanted for m in pending)
 
     def wait_idle(
         self,
@@ -119,25 +122,35 @@ class Lanes:
         return True
 
     def close(self) -> None:
-        """Let the threads end once their queues are empty."""
+        """Let the threads end once nothing is queued."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
 
-    def _run(self, lane: _Lane) -> None:
+    def _run(self) -> None:
+        me = threading.get_ident()
         while True:
             with self._cond:
-                while not lane.queue:
+                while not self._ready:
                     if self._closed:
                         return
                     self._cond.wait()
-                message = lane.queue.popleft()
-                lane.current = message
+                message = self._ready.popleft()
+                self._running[me] = message
             completed = False
             try:
                 completed = self._handle(message)
             finally:
                 with self._cond:
-                    lane.current = None
+                    del self._running[me]
+                    key = message.key
+                    if key is not None and self._count > 1:
+                        waiting = self._waiting.get(key)
+                        if waiting:
+                            self._ready.append(waiting.popleft())  # the key stays active
+                            if not waiting:
+                                del self._waiting[key]
+                        else:
+                            self._active.discard(key)
                     self._cond.notify_all()
                 self._finished(message, completed)

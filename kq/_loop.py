@@ -12,8 +12,7 @@ import asyncio
 import contextvars
 import threading
 from collections.abc import Awaitable, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, wait
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -69,13 +68,14 @@ class EventLoopThread:
         future: Future[T] = asyncio.run_coroutine_threadsafe(
             _await(awaitable, values), self._ensure_loop()
         )
-        while True:
-            try:
-                return future.result(timeout=0.1)
-            except FutureTimeout:
-                if abort is not None and abort.is_set():
-                    future.cancel()
-                    raise Cancelled from None
+        # Not future.result(timeout=...): a coroutine that raises TimeoutError
+        # would look like our own wait timing out.
+        while not future.done():
+            wait([future], timeout=0.1)
+            if abort is not None and abort.is_set() and not future.done():
+                future.cancel()
+                raise Cancelled
+        return future.result()
 
     def close(self, timeout: float = 1.0) -> None:
         """Cancel what still runs and stop the loop thread."""

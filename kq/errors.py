@@ -18,7 +18,10 @@ class EnqueueError(KQError):
     """A job could not be durably written to Kafka.
 
     ``topic`` names the topic and ``cause`` holds the client's error, if any.
-    When this is raised, the job was not acknowledged by the broker.
+    When this is raised, the broker did not acknowledge the job in time. The
+    client may still deliver it later (a record already handed to it cannot be
+    recalled), so a job re-enqueued after this error may run twice; a job is
+    never reported enqueued without being acknowledged.
     """
 
     def __init__(self, topic: str, reason: str, cause: BaseException | None = None) -> None:

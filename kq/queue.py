@@ -42,6 +42,11 @@ def _uuid4_hex() -> str:
     return f"{value:032x}"
 
 
+def _too_large(error: BaseException) -> bool:
+    # confluent: KafkaError MSG_SIZE_TOO_LARGE; kafka-python: MessageSizeTooLargeError
+    return "MSG_SIZE_TOO_LARGE" in str(error) or "MessageSizeTooLarge" in type(error).__name__
+
+
 class EnqueueSpec:
     """Enqueues with defaults (timeout, key, partition) that a Job's own fields override."""
 
@@ -243,6 +248,15 @@ class Batch:
         records, jobs = self._records, self._jobs
         self._records, self._jobs = [], []
         errors = queue._adapter.send_all(records, queue.delivery_timeout)
+        if len(records) > 1:
+            # The broker refuses a whole produce batch for one record over the
+            # topic's max.message.bytes; such records were certainly not
+            # written, so each is tried alone to report exactly the big ones.
+            for index, error in enumerate(errors):
+                if error is not None and _too_large(error):
+                    errors[index] = queue._adapter.send_all(
+                        [records[index]], queue.delivery_timeout
+                    )[0]
         for job, error in zip(jobs, errors, strict=True):
             if error is None:
                 self._acknowledged.append(job)

@@ -44,6 +44,12 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PAUSE_AFTER = 1.0
 
 
+def _is_fatal(exc: BaseException) -> bool:
+    """Client errors a worker cannot outlive (authorization, fatal librdkafka state)."""
+    text = f"{type(exc).__name__} {exc}"
+    return "Authorization" in text or "AUTHORIZATION" in text or "_FATAL" in text
+
+
 class InvalidJob(Exception):
     """Why a message is not a runnable job."""
 
@@ -62,7 +68,7 @@ def _check_job(obj: Any) -> Job:
     if obj.timeout is not None and (
         not isinstance(obj.timeout, (int, float))
         or isinstance(obj.timeout, bool)
-        or obj.timeout < 0
+        or not obj.timeout >= 0  # also NaN
     ):
         raise InvalidJob("Job.timeout must be an int or float, 0 or greater")
     return obj
@@ -348,9 +354,9 @@ class Worker:
     ) -> None:
         if not self._commit_offsets:
             return
-        owned = self._consumer.assignment()
-        if partitions is not None:
-            owned &= partitions
+        # On revoke the partitions are given: kafka-python has already taken
+        # them out of assignment() when it calls the listener.
+        owned = self._consumer.assignment() if partitions is None else partitions
         # A synchronous commit (on revoke, at the end) sends everything finished
         # again, in case an earlier asynchronous one failed (e.g. mid-rebalance).
         offsets = self._tracker.committable(
@@ -528,7 +534,16 @@ class Worker:
                     self._drain(wait=0.05)
                     continue
                 self._set_paused(True)
-            messages = self._consumer.poll(0.05 if in_flight else 0.2, max(room, 1))
+            try:
+                messages = self._consumer.poll(0.05 if in_flight else 0.2, max(room, 1))
+            except Exception as exc:
+                # e.g. kafka-python's connection errors while a broker restarts:
+                # the client reconnects by itself; the worker must not die of it.
+                if _is_fatal(exc):
+                    raise
+                self._logger.warning("Polling failed (retrying): %r", exc)
+                time.sleep(0.5)
+                continue
             if messages:
                 self._dispatch(messages, max(room, 0))
 

@@ -411,3 +411,37 @@ def test_kq_key_is_raw_bytes_and_kq_2_2_1_worker_runs_the_job(
     assert (second["status"], second["id"], second["result"]) == ("success", job_with_key.id, 2)
     assert bytes.fromhex(second["message_key"]) == b"job-key"
     assert bytes.fromhex(second["key"]) == b"job-key"
+
+
+@pytest.mark.parametrize("kind", ["KafkaProducer", "connect-confluent"])
+def test_jobs_enqueued_in_a_kq_batch_run_on_kq_2_2_1_worker(
+    legacy_python: Path, bootstrap: str, topic: str, kind: str
+) -> None:
+    """The batched path (``Queue.batch``, ``Queue.enqueue_many``) with default settings
+    writes what a KQ 2.2.1 worker runs: importable functions (plain pickle bytes), a
+    closure (dill by value), a keyed Job object."""
+    queue, producer = make_queue(kind, bootstrap, topic)
+    try:
+        with queue.batch() as batch:
+            batch.enqueue(jobs.add, 1, 2)
+            batch.enqueue(Job(func=jobs.describe, args=[3], kwargs={"k": "v"}, key=b"kb"))
+            batch.enqueue(jobs.make_multiplier(3), 14)
+        many = queue.enqueue_many([Job(func=jobs.add, args=[20, 22])])
+    finally:
+        close_producer(producer)
+    sent = [*batch.acknowledged, *many]
+    assert len(sent) == 4
+
+    *records, done = run_legacy_script(
+        LEGACY_WORKER, bootstrap, topic, group_name(), str(len(sent))
+    )
+    assert done["processed"] == len(sent)
+    assert [r["id"] for r in records] == [job.id for job in sent]
+    assert [(r["status"], r["result"]) for r in records] == [
+        ("success", 3),
+        ("success", {"args": [3], "kwargs": {"k": "v"}}),
+        ("success", 42),
+        ("success", 42),
+    ]
+    assert bytes.fromhex(records[1]["message_key"]) == b"kb"
+    assert records[2]["func"] == "make_multiplier.<locals>.<lambda>"

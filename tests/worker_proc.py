@@ -1,15 +1,48 @@
 """A kq worker process for tests that kill, stop or signal workers.
 
 Prints ``ready`` once subscribed and ``processed N`` when ``start`` returns.
+
+Optional: ``--max-in-flight``; ``--outcomes FILE`` appends one line per
+callback (``<status> <partition> <offset> <job id or ->``); ``--exit-with-stdin``
+SIGKILLs the process when its stdin reaches EOF, so a worker never outlives
+the test that started it with ``stdin=PIPE`` (even a SIGKILLed one).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
+from typing import Any
 
-from kq import Worker
+from kq import Message, Worker
+
+
+def _die_with_stdin() -> None:
+    def watch() -> None:
+        while os.read(0, 64):
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
+
+
+def _outcome_writer(path: str) -> Any:
+    def callback(
+        status: str, message: Message, job: Any, result: Any, exc: Any, stacktrace: Any
+    ) -> None:
+        job_id = job.id if job is not None and job.id else "-"
+        line = f"{status} {message.partition} {message.offset} {job_id}\n".encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    return callback
 
 
 def main() -> int:
@@ -22,12 +55,22 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--session-ms", type=int, default=6000)
     parser.add_argument("--shutdown-timeout", type=float, default=30.0)
+    parser.add_argument("--max-in-flight", type=int, default=None)
+    parser.add_argument("--outcomes", default=None)
+    parser.add_argument("--exit-with-stdin", action="store_true")
     args = parser.parse_args()
+    if args.exit_with_stdin:
+        _die_with_stdin()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     if args.client == "confluent":
         config = {"session.timeout.ms": args.session_ms, "heartbeat.interval.ms": 500}
     else:
         config = {"session_timeout_ms": args.session_ms, "heartbeat_interval_ms": 500}
+    options: dict[str, Any] = {}
+    if args.max_in_flight is not None:
+        options["max_in_flight"] = args.max_in_flight
+    if args.outcomes is not None:
+        options["callback"] = _outcome_writer(args.outcomes)
     worker = Worker.connect(
         args.bootstrap,
         args.topic,
@@ -36,6 +79,7 @@ def main() -> int:
         consumer_config=config,
         concurrency=args.concurrency,
         shutdown_timeout=args.shutdown_timeout,
+        **options,
     )
     print("ready", flush=True)
     processed = worker.start(max_messages=args.max)

@@ -1,0 +1,35 @@
+"""The job of the fault-injection suite: it writes its own run to a ledger file.
+
+Every run appends one line ``<name> <pid> <parent pid> <unix time>`` to the
+ledger after the job's (optional) sleep. The ledger is shared by all processes
+of a scenario (workers, and the children they fork for timed jobs, hence the
+parent pid), so the test can count how often each job really ran, and where.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def _append(path: str, line: str) -> None:
+    # O_APPEND writes of one short line are atomic across processes.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def mark(ledger: str, name: str, sleep: float = 0.0, started: str | None = None) -> str:
+    """Record one execution of ``name`` after sleeping ``sleep`` seconds.
+
+    With ``started``, ``name`` is first appended to that file, so a test can see
+    that a long job is running.
+    """
+    if started:
+        _append(started, f"{name}\n")
+    if sleep:
+        time.sleep(sleep)
+    _append(ledger, f"{name} {os.getpid()} {os.getppid()} {time.time():.6f}\n")
+    return name
