@@ -12,6 +12,8 @@ from typing import Any, Protocol
 from kq._checks import fail_type
 from kq.errors import EnqueueError
 
+_GRACE = 2.0
+
 
 @dataclass(frozen=True)
 class Record:
@@ -79,7 +81,9 @@ class _KafkaPythonProducer:
             if future is None:
                 continue
             try:
-                future.get(timeout=max(deadline - time.monotonic(), 0.001))
+                # A little past our deadline: the client's own delivery timeout
+                # (the same) expires the record, so its outcome is final.
+                future.get(timeout=max(deadline - time.monotonic(), 0.001) + _GRACE)
             except Exception as exc:
                 errors[index] = exc
         return errors

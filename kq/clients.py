@@ -44,7 +44,10 @@ def make_producer(
             "acks": "all",
             "linger_ms": 2,
             "max_block_ms": timeout_ms,
-            "request_timeout_ms": min(timeout_ms, 30000),
+            "request_timeout_ms": max(min(timeout_ms - 10, 30000), 1),
+            # Records still unsent at the queue's deadline expire in the client
+            # instead of being delivered later, after enqueue already failed.
+            "delivery_timeout_ms": timeout_ms,
             # Without it the constructor waits 30 s for an unreachable broker.
             "bootstrap_timeout_ms": timeout_ms,
         }
