@@ -6,8 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from kq._checks import fail_type
 from kq.errors import EnqueueError
@@ -15,16 +14,23 @@ from kq.errors import EnqueueError
 _GRACE = 2.0
 
 
-@dataclass(frozen=True)
-class Record:
-    """One message to produce."""
+Headers = tuple[tuple[str, bytes], ...]
+
+#: One message to produce: (topic, value, key, partition, timestamp_ms, headers).
+#: The queue's hot path builds these as plain tuples, which the garbage
+#: collector stops tracking after one pass; ``Record`` names the same fields.
+Outgoing = tuple[str, bytes, bytes | None, int | None, int, Headers]
+
+
+class Record(NamedTuple):
+    """One message to produce, with named fields (an ``Outgoing``)."""
 
     topic: str
     value: bytes
     key: bytes | None
     partition: int | None
     timestamp_ms: int
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: Headers = ()
 
 
 class ProducerAdapter(Protocol):
@@ -35,7 +41,7 @@ class ProducerAdapter(Protocol):
     @property
     def hosts(self) -> str: ...
 
-    def send_all(self, records: Sequence[Record], timeout: float) -> list[BaseException | None]:
+    def send_all(self, records: Sequence[Outgoing], timeout: float) -> list[BaseException | None]:
         """Send records and wait for the broker's acknowledgement of each.
 
         Returns one entry per record: None when acknowledged, else the error.
@@ -54,20 +60,20 @@ class _KafkaPythonProducer:
         self.client = client
         self.hosts = _join_hosts(client.config["bootstrap_servers"])
 
-    def send_all(self, records: Sequence[Record], timeout: float) -> list[BaseException | None]:
+    def send_all(self, records: Sequence[Outgoing], timeout: float) -> list[BaseException | None]:
         deadline = time.monotonic() + timeout
         futures: list[Any] = []
         errors: list[BaseException | None] = [None] * len(records)
-        for index, rec in enumerate(records):
+        for index, (topic, value, key, partition, timestamp, headers) in enumerate(records):
             try:
                 futures.append(
                     self.client.send(
-                        rec.topic,
-                        value=rec.value,
-                        key=rec.key,
-                        partition=rec.partition,
-                        timestamp_ms=rec.timestamp_ms,
-                        headers=list(rec.headers) or None,
+                        topic,
+                        value=value,
+                        key=key,
+                        partition=partition,
+                        timestamp_ms=timestamp,
+                        headers=list(headers) or None,
                     )
                 )
             except Exception as exc:  # e.g. message too large, metadata timeout
@@ -113,8 +119,7 @@ class _ConfluentProducer:
             return
         self._hosts = ",".join(sorted(f"{b.host}:{b.port}" for b in brokers)) or None
 
-    def send_all(self, records: Sequence[Record], timeout: float) -> list[BaseException | None]:
-
+    def send_all(self, records: Sequence[Outgoing], timeout: float) -> list[BaseException | None]:
         deadline = time.monotonic() + timeout
         errors: list[BaseException | None] = [None] * len(records)
         reports: list[tuple[Any, Any]] = []  # (message, error or None) per delivery report
@@ -131,28 +136,27 @@ class _ConfluentProducer:
         produced: list[int] = []
         with self._lock:
             produce = self.client.produce
-            for index, rec in enumerate(records):
-                headers = list(rec.headers) if rec.headers else None
+            for index, (topic, value, key, partition, timestamp, headers) in enumerate(records):
                 while True:
                     try:
-                        if rec.partition is None:
+                        if partition is None:
                             produce(
-                                rec.topic,
-                                rec.value,
-                                rec.key,
+                                topic,
+                                value,
+                                key,
                                 on_delivery=on_delivery,
-                                timestamp=rec.timestamp_ms,
-                                headers=headers,
+                                timestamp=timestamp,
+                                headers=list(headers) if headers else None,
                             )
                         else:
                             produce(
-                                rec.topic,
-                                rec.value,
-                                rec.key,
-                                partition=rec.partition,
+                                topic,
+                                value,
+                                key,
+                                partition=partition,
                                 on_delivery=on_delivery,
-                                timestamp=rec.timestamp_ms,
-                                headers=headers,
+                                timestamp=timestamp,
+                                headers=list(headers) if headers else None,
                             )
                         produced.append(index)
                         break
@@ -166,42 +170,63 @@ class _ConfluentProducer:
                         errors[index] = exc
                         break
             fatal: BaseException | None = None
-            while len(reports) < len(produced):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+            # Done when every record was reported, or when nothing is left in
+            # the client: a producer made by kq reports only failures
+            # (delivery.report.only.error), so an unreported record that left
+            # the client was acknowledged. A little past the deadline the
+            # client's message timeout (the same, for kq's producers) has
+            # expired whatever is still queued, with an error report each.
+            complete = False
+            give_up = deadline + _GRACE
+            while True:
+                if len(reports) >= len(produced):
+                    complete = True
+                    break
+                now = time.monotonic()
+                if now >= give_up:
                     break
                 try:
-                    self.client.flush(min(remaining, 0.5))
+                    left = self.client.flush(min(give_up - now, 0.5))
                 except Exception as exc:
                     # A fatal producer error (e.g. an idempotent producer refused
                     # by the cluster's ACLs) surfaces here, not in a report.
                     fatal = exc
                     break
-        if failures or len(reports) < len(produced):
-            _attribute(records, produced, reports, errors, timeout, fatal)
+                if left == 0:
+                    complete = True
+                    break
+        if failures or not complete:
+            _attribute(records, produced, reports, errors, timeout, fatal, complete)
         return errors
 
 
 def _attribute(
-    records: Sequence[Record],
+    records: Sequence[Outgoing],
     produced: list[int],
     reports: list[tuple[Any, Any]],
     errors: list[BaseException | None],
     timeout: float,
-    fatal: BaseException | None = None,
+    fatal: BaseException | None,
+    complete: bool,
 ) -> None:
-    """Match delivery reports to records by topic and value; unreported ones failed."""
+    """Match delivery reports to records by topic and value.
+
+    Unreported records succeeded when the client finished with all
+    (``complete``); otherwise they count as failed.
+    """
     from confluent_kafka import KafkaException
 
     pending: dict[tuple[str, bytes], list[int]] = {}
     for index in produced:
-        pending.setdefault((records[index].topic, records[index].value), []).append(index)
+        pending.setdefault((records[index][0], records[index][1]), []).append(index)
     for msg, err in reports:
         indexes = pending.get((msg.topic(), msg.value() or b""))
         if indexes:
             index = indexes.pop(0)
             if err is not None:
                 errors[index] = KafkaException(err)
+    if complete:
+        return
     for indexes in pending.values():
         for index in indexes:
             errors[index] = fatal or TimeoutError(f"not acknowledged within {timeout} s")

@@ -35,20 +35,26 @@ class BatchEnqueueError(EnqueueError):
     """Some jobs of a batch could not be durably written; the others were.
 
     ``failed`` lists ``(job, cause)`` for exactly the jobs not acknowledged, in
-    enqueue order; ``acknowledged`` lists the jobs the broker acknowledged.
+    enqueue order (with kq's default serializer each job is rebuilt from the
+    bytes it was sent as: same id and fields). Every other job the batch took
+    was acknowledged: ``acknowledged_count`` of them. ``acknowledged`` lists
+    those Jobs when the raiser kept them (``Queue.enqueue_many``); a ``Batch``
+    does not keep them (its caller has each from ``enqueue``) and leaves it None.
     """
 
     def __init__(
         self,
         topic: str,
         failed: list[tuple[Any, BaseException]],
-        acknowledged: list[Any],
+        acknowledged_count: int,
+        acknowledged: list[Any] | None = None,
     ) -> None:
         self.failed = failed
+        self.acknowledged_count = acknowledged_count
         self.acknowledged = acknowledged
         first = failed[0][1]
         reason = (
-            f"{len(failed)} of {len(failed) + len(acknowledged)} jobs failed"
+            f"{len(failed)} of {len(failed) + acknowledged_count} jobs failed"
             f" (first: {type(first).__name__}: {first})"
         )
         super().__init__(topic, reason, first)

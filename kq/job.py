@@ -27,3 +27,25 @@ class Job:
     timeout: int | float | None = None
     key: bytes | None = None
     partition: int | None = None
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Pickle as ``Job(*fields)``: half the bytes and time of the default."""
+        # The default stores the instance __dict__ with every field name; a call
+        # with positional fields is what KQ 2.x's Job (same class path, same
+        # field order) also accepts, so its workers still read our jobs.
+        if type(self) is not Job:
+            return super().__reduce_ex__(protocol)
+        return (
+            Job,
+            (
+                self.id,
+                self.timestamp,
+                self.topic,
+                self.func,
+                self.args,
+                self.kwargs,
+                self.timeout,
+                self.key,
+                self.partition,
+            ),
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,24 +23,31 @@ from kq._checks import (
     fail_value,
     is_number,
 )
-from kq._producer import ProducerAdapter, Record, adapt_producer, raise_for
+from kq._producer import Outgoing, ProducerAdapter, adapt_producer, raise_for
 from kq.clients import ClientName, make_producer
 from kq.errors import BatchEnqueueError, EnqueueError
 from kq.job import Job
 from kq.retry import RetryPolicy, encode_headers
 from kq.schedule import delay_topics, delayed_record, ensure_topics
 from kq.serialization import dumps as fast_dumps
+from kq.serialization import loads as fast_loads
 from kq.signing import SIGNATURE_HEADER, Signer
 
 _new_job = object.__new__
 
+# Job ids are random 128-bit values in uuid4's format. A private generator,
+# seeded from os.urandom and re-seeded in forked children, gives them at a
+# fraction of a system call each (and a user's random.seed() cannot repeat
+# them); ids need to be unique, not secret.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+_ID_MASK = ~((0xC000 << 48) | (0xF000 << 64))
+_ID_BITS = (0x8000 << 48) | (4 << 76)  # RFC 4122 variant, version 4
 
-def _uuid4_hex() -> str:
-    """``uuid.uuid4().hex`` at a third of its cost (the same bits are set)."""
-    value = int.from_bytes(os.urandom(16), "big")
-    value = (value & ~(0xC000 << 48)) | (0x8000 << 48)  # RFC 4122 variant
-    value = (value & ~(0xF000 << 64)) | (4 << 76)  # version 4
-    return f"{value:032x}"
+
+def _uuid4_hex(_bits: Callable[[int], int] = _ids.getrandbits) -> str:
+    """A new random id, as ``uuid.uuid4().hex`` would give."""
+    return "%032x" % (_bits(128) & _ID_MASK | _ID_BITS)
 
 
 def _too_large(error: BaseException) -> bool:
@@ -108,10 +116,11 @@ class EnqueueSpec:
             check_bytes_or_none(key, "Job.key must be a bytes")
             partition = self._partition if obj.partition is None else obj.partition
             check_int_or_none(partition, "Job.partition must be an int")
-            return Job(
+            built: Job = _new_job(Job)
+            built.__dict__.update(
                 id=job_id,
                 timestamp=timestamp,
-                topic=self._queue.topic,
+                topic=self._queue._topic,
                 func=obj.func,
                 args=tuple(obj.args or ()),
                 kwargs=job_kwargs,
@@ -119,16 +128,17 @@ class EnqueueSpec:
                 key=key,
                 partition=partition,
             )
+            return built
         if not callable(obj):
             fail_type("first argument must be a callable")
         # The frozen dataclass __init__ (nine object.__setattr__ calls) is a
         # fifth of a batched enqueue; filling __dict__ in field order gives
-        # the same object and the same pickle bytes.
+        # the same object.
         job: Job = _new_job(Job)
         job.__dict__.update(
             id=_uuid4_hex(),
             timestamp=timestamp,
-            topic=self._queue.topic,
+            topic=self._queue._topic,
             func=obj,
             args=args,
             kwargs=kwargs,
@@ -147,26 +157,26 @@ class EnqueueSpec:
             return int(self._eta * 1000)
         return None
 
-    def _record(self, job: Job) -> Record:
+    def _record(self, job: Job) -> Outgoing:
         queue = self._queue
-        queue.logger.info("Enqueueing %s ...", job)
+        queue._logger.info("Enqueueing %s ...", job)
         try:
             value = queue._encode(job)
         except Exception as exc:
-            raise_for(queue.topic, exc)
+            raise_for(queue._topic, exc)
         timestamp = job.timestamp or 0
-        retry = self._retry or queue.retry
-        due = self._due_ms(timestamp) if self._delay is not None or self._eta is not None else None
+        retry = self._retry or queue._retry
         signer = queue._signer
-        if retry is None and due is None and signer is None:
-            return Record(queue.topic, value, job.key, job.partition, timestamp)
+        if retry is None and signer is None and self._delay is None and self._eta is None:
+            return (queue._topic, value, job.key, job.partition, timestamp, ())
+        due = self._due_ms(timestamp)
         headers = encode_headers(1, timestamp, retry) if retry or due else ()
         if signer is not None:
-            headers += ((SIGNATURE_HEADER, signer.sign(queue.topic, job.key, value)),)
+            headers += ((SIGNATURE_HEADER, signer.sign(queue._topic, job.key, value)),)
         if due is None or due <= timestamp:
-            return Record(queue.topic, value, job.key, job.partition, timestamp, headers)
+            return (queue._topic, value, job.key, job.partition, timestamp, headers)
         queue._ensure_delay_topics()
-        return delayed_record(queue.topic, value, job.key, dict(headers), due, timestamp)
+        return delayed_record(queue._topic, value, job.key, dict(headers), due, timestamp)
 
     def enqueue(self, func: Callable[..., Any] | Job, *args: Any, **kwargs: Any) -> Job:
         """Send a call (or a Job) to the topic; return the Job once the broker acknowledged it.
@@ -195,51 +205,84 @@ class Batch:
     pending jobs go to Kafka and kq waits for the broker to acknowledge each.
     Jobs that could not be written are reported together in one
     ``kq.BatchEnqueueError`` (raised by ``flush`` or on exit), each with its cause.
+    A batch keeps only its pending jobs and its failures, never the
+    acknowledged ones, so its memory stays bounded however many jobs go through.
     """
 
-    __slots__ = ("_acknowledged", "_failed", "_jobs", "_max_pending", "_records", "_spec")
+    __slots__ = (
+        "_acknowledged",
+        "_failed",
+        "_jobs",
+        "_max_pending",
+        "_rebuild",
+        "_records",
+        "_spec",
+    )
 
     def __init__(self, spec: EnqueueSpec, max_pending: int = 10_000) -> None:
         if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1:
             fail_value("max_pending must be an int, 1 or greater")
         self._spec = spec
         self._max_pending = max_pending
+        self._records: list[Outgoing] = []
+        # Pending Job objects would each outlive a few garbage collections and
+        # be promoted to the oldest generation, whose full passes then cost
+        # more than building the jobs. With kq's own serializer a failed job
+        # is rebuilt from the bytes it was sent as (same id and fields), so
+        # only those bytes wait; with another serializer the Jobs wait too.
+        self._rebuild: Callable[[bytes], Any] | None = (
+            fast_loads if spec._queue._encode is fast_dumps else None
+        )
         self._jobs: list[Job] = []
-        self._records: list[Record] = []
-        self._acknowledged: list[Job] = []
+        self._acknowledged = 0
         self._failed: list[tuple[Job, BaseException]] = []
 
     def __enter__(self) -> Batch:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object
+    ) -> None:
         # Also on an exception in the block: what was enqueued is sent, not dropped.
         self._send()
-        if exc_type is None:
+        if exc is None:
             self._raise_failures()
+        elif self._failed:
+            # The block's own exception goes on; the failed jobs ride along with it.
+            failed, self._failed = self._failed, []
+            queue = self._spec._queue
+            report = BatchEnqueueError(queue._topic, failed, self._acknowledged)
+            ids = ", ".join(str(job.id) for job, _cause in failed)
+            queue._logger.error("%s; failed job ids: %s", report, ids)
+            add_note = getattr(exc, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                add_note(f"{report}; failed job ids: {ids}")
 
     def enqueue(self, func: Callable[..., Any] | Job, *args: Any, **kwargs: Any) -> Job:
         """Add a call (or a Job) to the batch, as ``Queue.enqueue`` builds it; return the Job."""
-        job = self._spec._build(func, args, kwargs)
-        self._records.append(self._spec._record(job))
-        self._jobs.append(job)
-        if len(self._records) >= self._max_pending:
+        spec = self._spec
+        job = spec._build(func, args, kwargs)
+        records = self._records
+        records.append(spec._record(job))
+        if self._rebuild is None:
+            self._jobs.append(job)
+        if len(records) >= self._max_pending:
             self._send()
         return job
 
-    def flush(self) -> list[Job]:
-        """Send what is pending and wait; return all acknowledged jobs of the batch so far.
+    def flush(self) -> int:
+        """Send what is pending and wait; return how many jobs of the batch are acknowledged.
 
-        Raises ``kq.BatchEnqueueError`` if any job of the batch failed.
+        Raises ``kq.BatchEnqueueError`` if any job of the batch failed since the last raise.
         """
         self._send()
         self._raise_failures()
-        return list(self._acknowledged)
+        return self._acknowledged
 
     @property
-    def acknowledged(self) -> list[Job]:
-        """Jobs of this batch the broker has acknowledged so far, in enqueue order."""
-        return list(self._acknowledged)
+    def acknowledged_count(self) -> int:
+        """How many jobs of this batch the broker has acknowledged so far."""
+        return self._acknowledged
 
     def _send(self) -> None:
         if not self._records:
@@ -257,16 +300,19 @@ class Batch:
                     errors[index] = queue._adapter.send_all(
                         [records[index]], queue.delivery_timeout
                     )[0]
-        for job, error in zip(jobs, errors, strict=True):
-            if error is None:
-                self._acknowledged.append(job)
-            else:
-                self._failed.append((job, error))
+        rebuild = self._rebuild
+        failed: list[tuple[Job, BaseException]] = [
+            (jobs[index] if rebuild is None else rebuild(records[index][1]), error)
+            for index, error in enumerate(errors)
+            if error is not None
+        ]
+        self._acknowledged += len(records) - len(failed)
+        self._failed += failed
 
     def _raise_failures(self) -> None:
         if self._failed:
             failed, self._failed = self._failed, []
-            raise BatchEnqueueError(self._spec._queue.topic, failed, list(self._acknowledged))
+            raise BatchEnqueueError(self._spec._queue.topic, failed, self._acknowledged)
 
 
 class Queue:
@@ -378,12 +424,20 @@ class Queue:
         """Enqueue Jobs (or argument-less callables) together; return them once acknowledged.
 
         Each item is built as ``enqueue`` builds it. Raises ``kq.BatchEnqueueError``
-        listing exactly the jobs that failed (the others are durably enqueued).
+        listing exactly the jobs that failed (``failed``) and the built jobs that
+        were durably enqueued (``acknowledged``).
         """
-        with self.batch() as batch:
-            for item in jobs:
-                batch.enqueue(item)
-        return batch.acknowledged
+        built: list[Job] = []
+        try:
+            with self.batch() as batch:
+                for item in jobs:
+                    built.append(batch.enqueue(item))
+        except BatchEnqueueError as exc:
+            # The caller has no Job objects of its own here: say which went through.
+            failed = {job.id for job, _cause in exc.failed}
+            exc.acknowledged = [job for job in built if job.id not in failed]
+            raise
+        return built
 
     def using(
         self,

@@ -398,11 +398,19 @@ def test_in_flight_never_exceeds_max_in_flight(bootstrap: str, topic: str, clien
     token = uuid.uuid4().hex
     queue = _queue(bootstrap, topic, client)
     with queue.batch() as batch:
-        for seq in range(total):
-            key = f"key-{seq % 10}".encode() if seq % 2 else None
-            batch.enqueue(Job(func=jobs.sample, args=(token, seq, 0.002), key=key))
+        sent = [
+            batch.enqueue(
+                Job(
+                    func=jobs.sample,
+                    args=(token, seq, 0.002),
+                    key=f"key-{seq % 10}".encode() if seq % 2 else None,
+                )
+            )
+            for seq in range(total)
+        ]
     close_queue(queue)
-    ids = {job.id for job in batch.acknowledged}
+    assert batch.acknowledged_count == total
+    ids = {job.id for job in sent}
     assert len(ids) == total
     from_callback: list[int] = []
     outcomes = Outcomes()

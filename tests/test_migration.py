@@ -423,13 +423,15 @@ def test_jobs_enqueued_in_a_kq_batch_run_on_kq_2_2_1_worker(
     queue, producer = make_queue(kind, bootstrap, topic)
     try:
         with queue.batch() as batch:
-            batch.enqueue(jobs.add, 1, 2)
-            batch.enqueue(Job(func=jobs.describe, args=[3], kwargs={"k": "v"}, key=b"kb"))
-            batch.enqueue(jobs.make_multiplier(3), 14)
+            batched = [
+                batch.enqueue(jobs.add, 1, 2),
+                batch.enqueue(Job(func=jobs.describe, args=[3], kwargs={"k": "v"}, key=b"kb")),
+                batch.enqueue(jobs.make_multiplier(3), 14),
+            ]
         many = queue.enqueue_many([Job(func=jobs.add, args=[20, 22])])
     finally:
         close_producer(producer)
-    sent = [*batch.acknowledged, *many]
+    sent = [*batched, *many]
     assert len(sent) == 4
 
     *records, done = run_legacy_script(

@@ -398,14 +398,16 @@ class Feeder:
             for first in range(0, self.total, self.batch):
                 jobs = [self._job(i) for i in range(first, min(first + self.batch, self.total))]
                 failed: list[Any] = []
+                sent: list[Any] = []
                 try:
                     with self.queue.batch() as batch:
                         for job in jobs:
-                            batch.enqueue(job)
-                    acknowledged = batch.acknowledged
+                            sent.append(batch.enqueue(job))
+                    acknowledged = sent
                 except BatchEnqueueError as exc:
-                    acknowledged = exc.acknowledged
                     failed = [job for job, _ in exc.failed]
+                    failed_ids = {job.id for job in failed}
+                    acknowledged = [job for job in sent if job.id not in failed_ids]
                     self.errors.append(str(exc))
                 except Exception as exc:  # not kq's error: the batch's fate is unknown
                     acknowledged, failed = [], jobs

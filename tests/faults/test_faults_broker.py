@@ -185,7 +185,7 @@ def test_8_enqueue_while_cluster_down_fails_in_bound_and_truthfully(
             acked += [job.id or "" for job in queue.enqueue_many(jobs(f"back{attempt}-", 1000))]
             recovered = True
         except BatchEnqueueError as exc:
-            acked += [job.id or "" for job in exc.acknowledged]
+            acked += [job.id or "" for job in exc.acknowledged or []]
             later_errors.append(exc)
         except Exception as exc:
             later_errors.append(exc)
@@ -213,7 +213,7 @@ def test_8_enqueue_while_cluster_down_fails_in_bound_and_truthfully(
         if took > DELIVERY_TIMEOUT + SLACK:
             found.append(f"{label} took {took:.1f}s, bound {DELIVERY_TIMEOUT}s")
     if isinstance(batch_error, BatchEnqueueError) and (
-        batch_error.acknowledged or len(batch_error.failed) != len(batch_jobs)
+        batch_error.acknowledged_count or len(batch_error.failed) != len(batch_jobs)
     ):
         found.append("the failed batch reports acknowledged jobs")
     found += [
