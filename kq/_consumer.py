@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from kq._checks import fail_type, fail_value
-from kq.message import Message
+from kq.message import Message, received
 
 TopicPartition = tuple[str, int]
 PartitionsCallback = Callable[[list[TopicPartition]], None]
@@ -135,18 +135,22 @@ class _KafkaPythonConsumer:
         out: list[Message] = []
         for records in batches.values():
             for r in records:
-                out.append(
-                    Message(
-                        topic=r.topic,
-                        partition=r.partition,
-                        offset=r.offset,
-                        key=r.key,
-                        value=r.value,
-                    )
-                )
+                out.append(received(r.topic, r.partition, r.offset, r.key, r.value))
                 if r.headers:
                     _keep_headers(self.headers, r.topic, r.partition, r.offset, r.headers)
+        if not out and self._topic is not None:
+            self._raise_if_denied(self._topic)
         return out
+
+    def _raise_if_denied(self, topic: str) -> None:
+        # kafka-python raises from poll() when the group is denied, but a
+        # topic it may not read only goes into its metadata (and its log):
+        # poll() would return nothing forever.
+        cluster = getattr(getattr(self.client, "_client", None), "cluster", None)
+        if topic in getattr(cluster, "unauthorized_topics", ()):
+            from kafka.errors import TopicAuthorizationFailedError
+
+            raise TopicAuthorizationFailedError(f"not authorized to read topic {topic!r}")
 
     def assignment(self) -> set[TopicPartition]:
         return {(tp.topic, tp.partition) for tp in self.client.assignment()}
@@ -281,20 +285,18 @@ class _ConfluentConsumer:
         for m in batch:
             err = m.error()
             if err is not None:
-                if err.fatal():
+                # A consumer that may not read its topic or use its group
+                # would poll forever: stop with the broker's reason instead.
+                if err.fatal() or err.code() in (
+                    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                    KafkaError.GROUP_AUTHORIZATION_FAILED,
+                ):
                     raise KafkaException(err)
                 if err.code() != KafkaError._PARTITION_EOF:
                     self._logger.warning("Consumer error: %s", err)
                 continue
-            out.append(
-                Message(
-                    topic=m.topic(),
-                    partition=m.partition(),
-                    offset=m.offset(),
-                    key=m.key(),
-                    value=m.value() if m.value() is not None else b"",
-                )
-            )
+            value = m.value()
+            out.append(received(m.topic(), m.partition(), m.offset(), m.key(), value or b""))
             headers = m.headers()
             if headers:
                 _keep_headers(self.headers, m.topic(), m.partition(), m.offset(), headers)

@@ -31,7 +31,7 @@ from kq.job import Job
 _READ_SIZE = 1 << 16
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     """What a job run produced: ``status`` is success, failure, timeout or aborted."""
 

@@ -41,6 +41,7 @@ class Lanes:
         self._waiting: dict[bytes, deque[Message]] = {}  # behind their key's active job
         self._active: set[bytes] = set()  # keys with a message ready or running
         self._running: dict[int, Message] = {}  # thread ident -> its message
+        self._pending: dict[TopicPartition, int] = {}  # queued or running, per partition
 
     def _ensure_started(self) -> None:
         self._threads = [t for t in self._threads if t.is_alive()]
@@ -65,7 +66,10 @@ class Lanes:
         with self._cond:
             self._closed = False
             self._ensure_started()
+            pending = self._pending
             for message in messages:
+                tp = (message.topic, message.partition)
+                pending[tp] = pending.get(tp, 0) + 1
                 self._enqueue(message)
             self._cond.notify_all()
 
@@ -85,6 +89,7 @@ class Lanes:
             for m in queued:
                 if wanted is None or (m.topic, m.partition) in wanted:
                     removed.append(m)
+                    self._release(m)
                 else:
                     self._enqueue(m)
             self._cond.notify_all()
@@ -92,12 +97,19 @@ class Lanes:
 
     def busy(self, partitions: Iterable[TopicPartition] | None = None) -> bool:
         """Whether a job of these partitions (or any) is running or queued."""
-        wanted = None if partitions is None else set(partitions)
         with self._cond:
-            pending = list(self._ready) + list(self._running.values())
-            for messages in self._waiting.values():
-                pending.extend(messages)
-            return any(wanted is None or (m.topic, m.partition) in wanted for m in pending)
+            if partitions is None:
+                return bool(self._pending)
+            return any(tp in self._pending for tp in partitions)
+
+    def _release(self, message: Message) -> None:
+        # with self._cond held: one job of the partition left the pool
+        tp = (message.topic, message.partition)
+        left = self._pending[tp] - 1
+        if left:
+            self._pending[tp] = left
+        else:
+            del self._pending[tp]
 
     def wait_idle(
         self,
@@ -143,6 +155,7 @@ class Lanes:
             finally:
                 with self._cond:
                     del self._running[me]
+                    self._release(message)
                     key = message.key
                     if key is not None and self._count > 1:
                         waiting = self._waiting.get(key)

@@ -173,11 +173,10 @@ class RetryRouter:
             if error is None:
                 return True
             self._logger.warning(
-                "Writing to %s failed (try %s of %s): %s\n%s",
+                "Writing to %s failed (try %s of %s): %s",
                 record.topic,
                 attempt + 1,
                 _SEND_TRIES,
-                error,
                 "".join(traceback.format_exception_only(type(error), error)).strip(),
             )
         self._logger.error(

@@ -110,3 +110,34 @@ def make_consumer(
         kp_settings.update(config)
         return KafkaConsumer(**kp_settings)
     fail_value(f"client must be 'confluent' or 'kafka-python', not {client!r}")
+
+
+# kafka-python's names for the login and TLS settings, in librdkafka's words.
+_LOGIN_KEYS = {
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location",
+    "ssl_keyfile": "ssl.key.location",
+    "ssl_password": "ssl.key.password",
+    "ssl_crlfile": "ssl.crl.location",
+}
+
+
+def login_settings(config: dict[str, Any] | None, client: ClientName) -> dict[str, Any]:
+    """The login and TLS settings of a client configuration, as confluent-kafka keys.
+
+    kq's helper clients (delay tiers, retries, dead letters, topic creation)
+    are confluent-kafka ones whatever client the queue or worker uses; they
+    log in as the queue's producer or the worker's consumer does.
+    """
+    if not config:
+        return {}
+    if client == "kafka-python":
+        login = {_LOGIN_KEYS[k]: v for k, v in config.items() if k in _LOGIN_KEYS and v is not None}
+        if config.get("ssl_check_hostname") is False:
+            login["ssl.endpoint.identification.algorithm"] = "none"
+        return login
+    return {k: v for k, v in config.items() if k.split(".", 1)[0] in ("security", "sasl", "ssl")}

@@ -137,8 +137,8 @@ def run(jobs: int, processes: int, concurrency: int, timeout: float) -> int:
             "--callback", "kq.demo:record_outcome",
         ]  # fmt: skip
         print("$ kq " + " ".join(worker_cmd[3:]))
-        log = open(Path(tmp) / "workers.log", "wb")  # noqa: SIM115
-        supervisor = subprocess.Popen(worker_cmd, env=env, stderr=log)
+        with open(Path(tmp) / "workers.log", "wb") as log:  # the child keeps its own copy
+            supervisor = subprocess.Popen(worker_cmd, env=env, stderr=log)
         try:
             return _enqueue_and_watch(kq_cmd, bootstrap, jobs, outcomes, timeout, supervisor)
         finally:

@@ -24,7 +24,7 @@ from kq._checks import (
     is_number,
 )
 from kq._producer import Outgoing, ProducerAdapter, adapt_producer, raise_for
-from kq.clients import ClientName, make_producer
+from kq.clients import ClientName, login_settings, make_producer
 from kq.errors import BatchEnqueueError, EnqueueError
 from kq.job import Job
 from kq.retry import RetryPolicy, encode_headers
@@ -499,4 +499,9 @@ def connect_queue(
         # kafka-python connects in its constructor: an unreachable cluster or a
         # refused login is an enqueue that cannot happen, said as one error.
         raise EnqueueError(topic, f"cannot connect a producer: {exc!r}", exc) from exc
+    # Creating the delay-tier topics logs in as the producer does.
+    queue_options["admin_config"] = {
+        **login_settings(producer_config, client),
+        **(queue_options.get("admin_config") or {}),
+    }
     return Queue(topic, producer, delivery_timeout=delivery_timeout, **queue_options)

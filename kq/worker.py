@@ -27,7 +27,7 @@ from kq._lanes import Lanes
 from kq._loop import EventLoopThread
 from kq._offsets import OffsetTracker
 from kq._retrying import RetryRouter
-from kq.clients import ClientName, make_consumer
+from kq.clients import ClientName, login_settings, make_consumer
 from kq.job import Job
 from kq.message import Message
 from kq.retry import Attempt, RetryPolicy, reset_current, set_current
@@ -162,6 +162,11 @@ class Worker:
     ) -> Worker:
         """A ready Worker from a bootstrap address, with a consumer configured by kq."""
         consumer = make_consumer(bootstrap_servers, group, client=client, **(consumer_config or {}))
+        # The worker's retry and delay-tier clients log in as its consumer does.
+        options["scheduler_config"] = {
+            **login_settings(consumer_config, client),
+            **(options.get("scheduler_config") or {}),
+        }
         return cls(topic, consumer, **options)
 
     def __repr__(self) -> str:
@@ -269,18 +274,22 @@ class Worker:
     def _process_attempt(
         self, message: Message, headers: dict[str, bytes] | None, attempt: Attempt
     ) -> bool:
-        self._logger.info(
-            "Processing Message(topic=%s, partition=%s, offset=%s) ...",
-            message.topic,
-            message.partition,
-            message.offset,
-        )
+        # Asked once per job: three INFO lines per no-op job are a measurable
+        # share of it even when INFO is off.
+        info = self._logger.isEnabledFor(logging.INFO)
+        if info:
+            self._logger.info(
+                "Processing Message(topic=%s, partition=%s, offset=%s) ...",
+                message.topic,
+                message.partition,
+                message.offset,
+            )
         try:
             if self._limits:
                 self._check_limits(message, headers)
             job = _check_job(self._decode(message.value))
             # repr of the arguments is the costliest step of a no-op job: only when logged
-            if self._logger.isEnabledFor(logging.INFO):
+            if info:
                 description = call_repr(job.func, job.args or (), job.kwargs or {})  # type: ignore[arg-type]
                 self._logger.info("Executing job %s: %s", job.id, description)
         except (Exception, SystemExit) as exc:
@@ -301,7 +310,8 @@ class Worker:
             self._logger.warning("Job %s was stopped by a hard shutdown; it will run again", job.id)
             return False
         if result.status == "success":
-            self._logger.info("Job %s returned: %s", job.id, result.value)
+            if info:
+                self._logger.info("Job %s returned: %s", job.id, result.value)
             self._run_callback("success", message, job, result.value, None, None)
             return True
         if result.status == "timeout":

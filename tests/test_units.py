@@ -10,6 +10,7 @@ from kq._calls import call_repr
 from kq._isolate import run_inline, run_isolated
 from kq._lanes import Lanes
 from kq._loop import EventLoopThread
+from kq.clients import login_settings
 from kq.errors import JobProcessError
 from kq.job import Job
 from kq.message import Message
@@ -140,8 +141,46 @@ def test_lanes_discard_removes_only_queued_messages_of_partition() -> None:
     lanes = Lanes(1, lambda m: gate.wait(10), lambda m, ok: None)
     lanes.submit([Message("t", p, o, None, b"") for o in range(3) for p in (0, 1)])
     time.sleep(0.1)
+    assert lanes.busy() and lanes.busy([("t", 0)]) and lanes.busy([("t", 1)])
     removed = lanes.discard([("t", 1)])
     assert {(m.partition) for m in removed} == {1}
+    # partition 1's messages were all queued (the one running is of partition 0)
+    assert not lanes.busy([("t", 1)]) and not lanes.busy([("u", 0)])
+    assert lanes.busy([("t", 0)]) and not lanes.wait_idle([("t", 0)], timeout=0.1)
+    assert lanes.wait_idle([("t", 1)], timeout=0.1)
     gate.set()
     assert lanes.wait_idle(timeout=10)
+    assert not lanes.busy()
     lanes.close()
+
+
+def test_login_settings_keep_only_login_and_tls_in_confluent_keys() -> None:
+    confluent = {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "u",
+        "sasl.password": "p",
+        "ssl.ca.location": "/ca.pem",
+        "group.id": "not-a-login",
+        "fetch.min.bytes": 1,
+    }
+    assert login_settings(confluent, "confluent") == {
+        k: v for k, v in confluent.items() if k not in ("group.id", "fetch.min.bytes")
+    }
+    kafka_python = {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-256",
+        "sasl_plain_username": "u",
+        "sasl_plain_password": "p",
+        "ssl_cafile": None,
+        "ssl_check_hostname": False,
+        "max_poll_records": 10,
+    }
+    assert login_settings(kafka_python, "kafka-python") == {
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "SCRAM-SHA-256",
+        "sasl.username": "u",
+        "sasl.password": "p",
+        "ssl.endpoint.identification.algorithm": "none",
+    }
+    assert login_settings(None, "confluent") == {} == login_settings({}, "kafka-python")
