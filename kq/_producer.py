@@ -189,14 +189,26 @@ class _ConfluentProducer:
                     left = self.client.flush(min(give_up - now, 0.5))
                 except Exception as exc:
                     # A fatal producer error (e.g. an idempotent producer refused
-                    # by the cluster's ACLs) surfaces here, not in a report.
-                    fatal = exc
+                    # by the cluster's ACLs) surfaces here, not in a report;
+                    # confluent-kafka may wrap its KafkaException in a SystemError.
+                    wrapped = isinstance(exc, SystemError) and exc.__cause__ is not None
+                    fatal = exc.__cause__ if wrapped and exc.__cause__ else exc
                     break
                 if left == 0:
                     complete = True
                     break
         if failures or not complete:
-            _attribute(records, produced, reports, errors, timeout, fatal, complete)
+            # What the client reported while these records waited (see make_producer).
+            last = getattr(self.client, "last_error", None)
+            fatal_text = getattr(self.client, "fatal_error", None)
+            note = ""
+            if fatal is not None:
+                note = f" (fatal client error: {_reason(fatal)})"
+            elif fatal_text:
+                note = f" (fatal client error: {fatal_text})"
+            elif last and last[0] >= deadline - timeout:
+                note = f" (client error: {last[1]})"
+            _attribute(records, produced, reports, errors, timeout, fatal, complete, note)
         return errors
 
 
@@ -208,13 +220,14 @@ def _attribute(
     timeout: float,
     fatal: BaseException | None,
     complete: bool,
+    note: str = "",
 ) -> None:
     """Match delivery reports to records by topic and value.
 
     Unreported records succeeded when the client finished with all
     (``complete``); otherwise they count as failed.
     """
-    from confluent_kafka import KafkaException
+    from confluent_kafka import KafkaError, KafkaException
 
     pending: dict[tuple[str, bytes], list[int]] = {}
     for index in produced:
@@ -223,13 +236,22 @@ def _attribute(
         indexes = pending.get((msg.topic(), msg.value() or b""))
         if indexes:
             index = indexes.pop(0)
-            if err is not None:
+            # A local error (timed out, purged, ...) hides the client's reason.
+            if err is not None and note and err.code() < 0:
+                errors[index] = KafkaException(KafkaError(err.code(), f"{err.str()}{note}"))
+            elif err is not None:
                 errors[index] = KafkaException(err)
     if complete:
         return
     for indexes in pending.values():
         for index in indexes:
-            errors[index] = fatal or TimeoutError(f"not acknowledged within {timeout} s")
+            errors[index] = fatal or TimeoutError(f"not acknowledged within {timeout} s{note}")
+
+
+def _reason(error: BaseException) -> str:
+    # A KafkaException's KafkaError says it best in its str()
+    first: Any = error.args[0] if error.args else None
+    return str(first.str()) if hasattr(first, "str") else str(error)
 
 
 def adapt_producer(producer: Any) -> ProducerAdapter:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import time
+import weakref
 from typing import Any, Literal
 
 from kq._checks import fail_value
@@ -24,8 +27,6 @@ def make_producer(
     """
     timeout_ms = int(delivery_timeout * 1000)
     if client == "confluent":
-        from confluent_kafka import Producer
-
         settings: dict[str, Any] = {
             "bootstrap.servers": bootstrap_servers,
             "acks": "all",
@@ -38,7 +39,7 @@ def make_producer(
             "delivery.report.only.error": True,
         }
         settings.update(config)
-        return Producer(settings)
+        return _remembering(settings)
     if client == "kafka-python":
         from kafka import KafkaProducer
 
@@ -57,6 +58,41 @@ def make_producer(
         kp_settings.update(config)
         return KafkaProducer(**kp_settings)
     fail_value(f"client must be 'confluent' or 'kafka-python', not {client!r}")
+
+
+@functools.cache
+def _remembering_class() -> type:
+    from confluent_kafka import Producer
+
+    class RememberingProducer(Producer):
+        """confluent-kafka's Producer, keeping the client's last error and when it came."""
+
+        last_error: tuple[float, str] | None = None
+        fatal_error: str | None = None  # the producer is unusable from then on
+
+    return RememberingProducer
+
+
+def _remembering(settings: dict[str, Any]) -> Any:
+    # librdkafka retries a refused login or a lost broker until the record
+    # times out, and says why only in its log and to error_cb: kq keeps the
+    # last such error so a failed enqueue can name it.
+    theirs = settings.get("error_cb")
+    ref: list[weakref.ref[Any]] = []  # weak: the client holds this callback
+
+    def remember(error: Any) -> None:
+        producer = ref[0]() if ref else None
+        if producer is not None:
+            text = error.str() if hasattr(error, "str") else str(error)  # a KafkaError
+            producer.last_error = (time.monotonic(), text)
+            if getattr(error, "fatal", lambda: False)():
+                producer.fatal_error = text
+        if theirs is not None:
+            theirs(error)
+
+    producer = _remembering_class()({**settings, "error_cb": remember})
+    ref.append(weakref.ref(producer))
+    return producer
 
 
 def make_consumer(
