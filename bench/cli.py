@@ -103,11 +103,13 @@ class Runner:
     def enqueue(self, run: int) -> None:
         """Scenario 2."""
         for system in ENQUEUE_SYSTEMS:
-            rate = self.measure(
+            result = self.measure(
                 f"enqueue.{system}", run, functools.partial(enqueue, self.ctx, system)
             )
-            if rate is not None:
-                self.record(f"enqueue.{system}", rate)
+            if result is not None:
+                self.record(f"enqueue.{system}", result.rate)
+                if result.cpu_us == result.cpu_us:  # not NaN (KQ 2.2.1 reports no CPU)
+                    self.record(f"enqueue-cpu.{system}", result.cpu_us)
 
     def io(self, run: int) -> None:
         """Scenario 3."""

@@ -243,6 +243,16 @@ def detail_lines(results: Results) -> list[str]:
             "Drain, CPU time per job (µs, user+system of all the worker process's threads, "
             f"first to last job; less sensitive to other load than the rates): {shown}."
         )
+    enqueue_cpu = [
+        (system, results.median(f"enqueue-cpu.{system}"))
+        for system in ("batch", "many", "single", "single-kafka-python", "raw")
+    ]
+    if any(us is not None for _, us in enqueue_cpu):
+        shown = ", ".join(f"{name} {us:,.1f}" for name, us in enqueue_cpu if us is not None)
+        lines.append(
+            "Enqueue, CPU time per job (µs, user+system of the whole enqueuing process, "
+            f"librdkafka's threads included, over the timed part): {shown}."
+        )
     for workers in (1, 2):
         splits = results.details.get(f"scaling.w{workers}", [])
         if workers == 2 and splits:

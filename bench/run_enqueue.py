@@ -17,6 +17,7 @@ rate for the latency benchmark: through ``queue.enqueue`` or through a raw
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
@@ -59,19 +60,22 @@ def produce_all(producer: Any, topic: str, values: list[bytes]) -> None:
         raise RuntimeError(f"{remaining} messages not delivered within 60 s")
 
 
-def timed(args: argparse.Namespace) -> float:
-    """Enqueue ``args.count`` jobs one way; return the seconds it took."""
+def timed(args: argparse.Namespace) -> tuple[float, float]:
+    """Enqueue ``args.count`` jobs one way; return the seconds and the CPU seconds it took.
+
+    CPU: user + system of the whole process (librdkafka's threads included).
+    """
     count = args.count
     if args.mode == "raw":
         producer = make_producer(args.bootstrap)
         producer.list_topics(args.topic, timeout=10)  # connect before timing
         values = [job_bytes(args.topic, i) for i in range(count)]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu()
         produce_all(producer, args.topic, values)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, _cpu() - cpu
     queue = Queue.connect(args.bootstrap, args.topic, client=args.client)
     queue.enqueue(jobs.noop, -1)  # connection and metadata, outside the timing
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu()
     if args.mode == "single":
         for i in range(count):
             queue.enqueue(jobs.noop, i)
@@ -83,7 +87,12 @@ def timed(args: argparse.Namespace) -> float:
         queue.enqueue_many([Job(func=jobs.noop, args=[i]) for i in range(count)])
     else:
         raise SystemExit(f"unknown mode {args.mode}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _cpu() - cpu
+
+
+def _cpu() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def paced(args: argparse.Namespace) -> int:
@@ -141,7 +150,8 @@ def main() -> None:
         sent = paced(args)
         _child.emit({"count": sent, "seconds": time.monotonic() - started})
     else:
-        _child.emit({"count": args.count, "seconds": timed(args)})
+        seconds, cpu_seconds = timed(args)
+        _child.emit({"count": args.count, "seconds": seconds, "cpu_seconds": cpu_seconds})
 
 
 if __name__ == "__main__":

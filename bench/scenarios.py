@@ -189,18 +189,18 @@ def _rate(path: Path, count: int, first: list[str], last: list[str]) -> float:
 
 
 @dataclass
-class DrainResult:
-    """Wall-clock rate, and CPU per job (all threads of the worker process)."""
+class Rated:
+    """Wall-clock rate, and CPU per job (all threads of the measured process)."""
 
     rate: float
     cpu_us: float
 
 
-def _drained(path: Path, count: int) -> DrainResult:
+def _drained(path: Path, count: int) -> Rated:
     stamps = read_report(path).stamps
     rate = _rate(path, count, ["first"], ["last"])
     cpu = stamps["last"].cpu - stamps["first"].cpu
-    return DrainResult(rate, cpu / (count - 1) * 1e6)
+    return Rated(rate, cpu / (count - 1) * 1e6)
 
 
 # -- 1. drain ------------------------------------------------------------------
@@ -208,7 +208,7 @@ def _drained(path: Path, count: int) -> DrainResult:
 DRAIN_SYSTEMS = ("raw", "kq-confluent", "kq-kafka-python", "legacy")
 
 
-def drain(ctx: Context, system: str) -> DrainResult:
+def drain(ctx: Context, system: str) -> Rated:
     """No-op jobs per second drained by one process of ``system``, and its CPU per job."""
     count = ctx.settings.drain_legacy if system == "legacy" else ctx.settings.drain
     topic = ctx.topic(f"drain-{system}")
@@ -236,8 +236,8 @@ def drain(ctx: Context, system: str) -> DrainResult:
 ENQUEUE_SYSTEMS = ("raw", "batch", "many", "single", "single-kafka-python", "legacy")
 
 
-def enqueue(ctx: Context, system: str) -> float:
-    """Jobs per second enqueued (acknowledged by the broker) one way."""
+def enqueue(ctx: Context, system: str) -> Rated:
+    """Jobs per second enqueued (acknowledged by the broker) one way, and CPU per job."""
     s = ctx.settings
     topic = ctx.topic(f"enqueue-{system}")
     if system == "legacy":
@@ -248,7 +248,8 @@ def enqueue(ctx: Context, system: str) -> float:
         mode, _, client = system.partition("-")
         options = ("--count", count, "--client", client or "confluent")
         result = ctx.enqueuer(f"enqueue-{system}", topic, mode, *options).wait(300)
-    return float(count / result["seconds"])
+    cpu = result.get("cpu_seconds")
+    return Rated(count / result["seconds"], float("nan") if cpu is None else cpu / count * 1e6)
 
 
 # -- 3. IO-bound jobs, key order -----------------------------------------------

@@ -133,20 +133,22 @@ class _ConfluentProducer:
             if err is not None:
                 failures += 1
 
-        produced: list[int] = []
+        refused: set[int] = set()  # records the client did not take
         with self._lock:
             produce = self.client.produce
             for index, (topic, value, key, partition, timestamp, headers) in enumerate(records):
                 while True:
                     try:
-                        if partition is None:
+                        if partition is None and not headers:
+                            produce(topic, value, key, on_delivery=on_delivery, timestamp=timestamp)
+                        elif partition is None:
                             produce(
                                 topic,
                                 value,
                                 key,
                                 on_delivery=on_delivery,
                                 timestamp=timestamp,
-                                headers=list(headers) if headers else None,
+                                headers=list(headers),
                             )
                         else:
                             produce(
@@ -158,17 +160,19 @@ class _ConfluentProducer:
                                 timestamp=timestamp,
                                 headers=list(headers) if headers else None,
                             )
-                        produced.append(index)
                         break
                     except BufferError as exc:
                         # local queue full: serve delivery reports to make room
                         if time.monotonic() >= deadline:
                             errors[index] = exc
+                            refused.add(index)
                             break
                         self.client.poll(0.05)
                     except Exception as exc:  # e.g. message too large
                         errors[index] = exc
+                        refused.add(index)
                         break
+            produced = len(records) - len(refused)
             fatal: BaseException | None = None
             # Done when every record was reported, or when nothing is left in
             # the client: a producer made by kq reports only failures
@@ -179,7 +183,7 @@ class _ConfluentProducer:
             complete = False
             give_up = deadline + _GRACE
             while True:
-                if len(reports) >= len(produced):
+                if len(reports) >= produced:
                     complete = True
                     break
                 now = time.monotonic()
@@ -208,7 +212,8 @@ class _ConfluentProducer:
                 note = f" (fatal client error: {fatal_text})"
             elif last and last[0] >= deadline - timeout:
                 note = f" (client error: {last[1]})"
-            _attribute(records, produced, reports, errors, timeout, fatal, complete, note)
+            taken = [i for i in range(len(records)) if i not in refused]
+            _attribute(records, taken, reports, errors, timeout, fatal, complete, note)
         return errors
 
 

@@ -192,7 +192,7 @@ class EnqueueSpec:
             raise_for(queue.topic, error)
         return job
 
-    def batch(self, max_pending: int = 10_000) -> Batch:
+    def batch(self, max_pending: int = 50_000) -> Batch:
         """A batch whose enqueues use these defaults; see ``Queue.batch``."""
         return Batch(self, max_pending)
 
@@ -214,12 +214,13 @@ class Batch:
         "_failed",
         "_jobs",
         "_max_pending",
+        "_plain",
         "_rebuild",
         "_records",
         "_spec",
     )
 
-    def __init__(self, spec: EnqueueSpec, max_pending: int = 10_000) -> None:
+    def __init__(self, spec: EnqueueSpec, max_pending: int = 50_000) -> None:
         if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1:
             fail_value("max_pending must be an int, 1 or greater")
         self._spec = spec
@@ -236,6 +237,21 @@ class Batch:
         self._jobs: list[Job] = []
         self._acknowledged = 0
         self._failed: list[tuple[Job, BaseException]] = []
+        self._plain = self._is_plain()
+
+    def _is_plain(self) -> bool:
+        # No headers to add and nothing to log: the record is the job's bytes.
+        # Asked again at every send, so a changed log level shows within
+        # max_pending jobs.
+        spec, queue = self._spec, self._spec._queue
+        return (
+            spec._retry is None
+            and queue._retry is None
+            and queue._signer is None
+            and spec._delay is None
+            and spec._eta is None
+            and not queue._logger.isEnabledFor(logging.INFO)
+        )
 
     def __enter__(self) -> Batch:
         return self
@@ -263,7 +279,15 @@ class Batch:
         spec = self._spec
         job = spec._build(func, args, kwargs)
         records = self._records
-        records.append(spec._record(job))
+        if self._plain:
+            queue = spec._queue
+            try:
+                value = queue._encode(job)
+            except Exception as exc:
+                raise_for(queue._topic, exc)
+            records.append((queue._topic, value, job.key, job.partition, job.timestamp or 0, ()))
+        else:
+            records.append(spec._record(job))
         if self._rebuild is None:
             self._jobs.append(job)
         if len(records) >= self._max_pending:
@@ -290,6 +314,7 @@ class Batch:
         queue = self._spec._queue
         records, jobs = self._records, self._jobs
         self._records, self._jobs = [], []
+        self._plain = self._is_plain()
         errors = queue._adapter.send_all(records, queue.delivery_timeout)
         if len(records) > 1:
             # The broker refuses a whole produce batch for one record over the
@@ -408,7 +433,7 @@ class Queue:
         # producer (and its connections) alive until the garbage collector runs.
         return EnqueueSpec(self, self._timeout, None, None).enqueue(func, *args, **kwargs)
 
-    def batch(self, max_pending: int = 10_000) -> Batch:
+    def batch(self, max_pending: int = 50_000) -> Batch:
         """A ``Batch``: enqueue many jobs fast, durably confirmed on ``flush`` or exit.
 
         ::
