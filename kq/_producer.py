@@ -195,8 +195,8 @@ class _ConfluentProducer:
                     # A fatal producer error (e.g. an idempotent producer refused
                     # by the cluster's ACLs) surfaces here, not in a report;
                     # confluent-kafka may wrap its KafkaException in a SystemError.
-                    wrapped = isinstance(exc, SystemError) and exc.__cause__ is not None
-                    fatal = exc.__cause__ if wrapped and exc.__cause__ else exc
+                    cause = exc.__cause__
+                    fatal = cause if isinstance(exc, SystemError) and cause is not None else exc
                     break
                 if left == 0:
                     complete = True

@@ -280,6 +280,7 @@ class Batch:
         job = spec._build(func, args, kwargs)
         records = self._records
         if self._plain:
+            # _record's first case, without its log call and checks per job
             queue = spec._queue
             try:
                 value = queue._encode(job)
