@@ -29,6 +29,8 @@ SCENARIOS = {
     "6": "worker frozen (SIGSTOP) past its session timeout, then resumed (SIGCONT)",
     "7": "poison input (hypothesis): arbitrary bytes and malformed jobs between good jobs",
     "8": "enqueue while the whole cluster is down, then after it returns",
+    "9": "worker SIGKILLed while retries and delayed jobs wait in the delay tiers; "
+    "a replacement starts",
 }
 LINE = re.compile(
     r"FAULT (?P<scenario>\S+): enqueued=(?P<enqueued>\d+) executed=(?P<executed>\d+) "

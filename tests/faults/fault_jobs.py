@@ -33,3 +33,17 @@ def mark(ledger: str, name: str, sleep: float = 0.0, started: str | None = None)
         time.sleep(sleep)
     _append(ledger, f"{name} {os.getpid()} {os.getppid()} {time.time():.6f}\n")
     return name
+
+
+def fail_first(ledger: str, attempts: str, name: str) -> str:
+    """Fail the first attempt of ``name``; from the second on, ``mark`` it as run.
+
+    Every attempt appends ``<name> <pid>`` to ``attempts``; only a successful run
+    goes to the ledger, so the ledger counts the runs a retry policy had to deliver.
+    """
+    _append(attempts, f"{name} {os.getpid()}\n")
+    with open(attempts) as seen:
+        tries = sum(1 for line in seen if line.split()[0] == name)
+    if tries < 2:
+        raise RuntimeError(f"first attempt of {name} fails")
+    return mark(ledger, name)

@@ -3,7 +3,8 @@
 1. a worker SIGKILLed mid-run, then a replacement;
 5. group churn: workers joining and leaving every few seconds;
 6. a worker frozen (SIGSTOP) past its session timeout, then resumed;
-7. poison input between good jobs (hypothesis).
+7. poison input between good jobs (hypothesis);
+9. a worker SIGKILLed while retries and delayed jobs wait in the delay tiers.
 
 Each runs a bounded workload and checks the jobs' own ledger: every
 acknowledged job ran (lost = 0); duplicates are reported, and allowed only
@@ -40,12 +41,12 @@ from fault_harness import (
     wait_executed,
     wait_for,
 )
-from fault_jobs import mark
+from fault_jobs import fail_first, mark
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kafka_checks import group_name
 
-from kq import Job, Queue
+from kq import Job, Queue, RetryPolicy
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -351,3 +352,70 @@ def test_7_poison_input_every_bad_message_invalid_every_good_job_runs(
     print(f"{bad_count} bad messages between {len(good)} good jobs; worker processed {processed}")
     assert processed == len(expected)
     assert not result.lost and result.duplicated == 0
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_9_worker_sigkilled_while_retries_and_delays_wait_loses_nothing(
+    bootstrap: str,
+    make_topic: MakeTopic,
+    pool: WorkerPool,
+    ledger: str,
+    tmp_path: Path,
+    fault_report: Any,
+    client: str,
+) -> None:
+    """200 jobs whose first attempt fails (retry after 3 s) and 100 jobs delayed by 4 s;
+    the worker is SIGKILLed once every first attempt failed, while all 300 wait in the
+    delay tiers; a replacement started a second later runs each of them, none early.
+
+    Duplicates allowed: a retried job whose first attempt ran in the killed worker
+    after its last commit runs that attempt again (now succeeding) besides its retry,
+    so it may succeed twice; nothing may run more often, and delayed jobs (due only
+    after the kill) exactly once."""
+    topic = make_topic(partitions=3)
+    group = group_name()
+    attempts = tmp_path / "attempts"
+    queue = Queue.connect(bootstrap, topic, client=client)
+    first = pool.spawn(bootstrap, topic, group, client, concurrency=4)
+    retried = [f"retry-{n:03d}" for n in range(200)]
+    delayed = [f"delay-{n:03d}" for n in range(100)]
+    policy = RetryPolicy(max_attempts=3, backoff=3, jitter=0)
+    enqueued_at = time.time()
+    with queue.using(retry=policy).batch() as batch:
+        for name in retried:
+            batch.enqueue(Job(id=name, func=fail_first, args=(ledger, str(attempts), name)))
+    with queue.using(delay=4).batch() as batch:
+        for name in delayed:
+            batch.enqueue(Job(id=name, func=mark, args=(ledger, name)))
+
+    def tried() -> list[tuple[str, int]]:
+        lines = attempts.read_text().splitlines() if attempts.exists() else []
+        return [(name, int(pid)) for name, pid in (line.split() for line in lines)]
+
+    assert wait_for(lambda: len(tried()) >= len(retried), 60), pool.evidence()
+    ran_before_kill = ledger_counts(ledger)
+    first.kill()
+    time.sleep(1.0)
+    replacement = pool.spawn(bootstrap, topic, group, client, concurrency=4)
+    complete = wait_executed(ledger, [*retried, *delayed], 120, pool)
+    pool.stop(replacement)
+    result = outcome(f"9-retries-delays-sigkill-{client}", [*retried, *delayed], ledger)
+    fault_report.add(result)
+    # Duplicates are judged below, by this scenario's own rule.
+    found = [
+        line
+        for line in problems(result, ledger, pool, complete=complete)
+        if "with no fault to explain it" not in line
+    ]
+    in_killed = {name for name, pid in tried() if pid == first.pid}
+    for name, count in result.counts.items():
+        limit = 2 if name in in_killed else 1
+        if count > limit:
+            found.append(f"{name} ran {count} times (allowed {limit})")
+    due = enqueued_at + 4
+    early = [run.name for run in read_ledger(ledger) if run.name in delayed and run.at < due]
+    if early:
+        found.append(f"delayed jobs ran before they were due: {early[:5]}")
+    if sum(ran_before_kill.values()) >= len(retried) + len(delayed):
+        found.append("everything had run before the kill: the scenario tested nothing")
+    assert not found, "\n".join(found)
