@@ -364,9 +364,10 @@ def test_9_worker_sigkilled_while_retries_and_delays_wait_loses_nothing(
     fault_report: Any,
     client: str,
 ) -> None:
-    """200 jobs whose first attempt fails (retry after 3 s) and 100 jobs delayed by 4 s;
-    the worker is SIGKILLed once every first attempt failed, while all 300 wait in the
-    delay tiers; a replacement started a second later runs each of them, none early.
+    """200 jobs whose first attempt fails (retry after 3 s) and 100 jobs delayed by 5 s;
+    the worker is SIGKILLed 1.5 s after every first attempt failed (past its 1 s commit
+    interval, before any retry is due), while all 300 wait in the delay tiers; a
+    replacement started a second later runs each of them, none early.
 
     Duplicates allowed: a retried job whose first attempt ran in the killed worker
     after its last commit runs that attempt again (now succeeding) besides its retry,
@@ -384,7 +385,7 @@ def test_9_worker_sigkilled_while_retries_and_delays_wait_loses_nothing(
     with queue.using(retry=policy).batch() as batch:
         for name in retried:
             batch.enqueue(Job(id=name, func=fail_first, args=(ledger, str(attempts), name)))
-    with queue.using(delay=4).batch() as batch:
+    with queue.using(delay=5).batch() as batch:
         for name in delayed:
             batch.enqueue(Job(id=name, func=mark, args=(ledger, name)))
 
@@ -393,6 +394,7 @@ def test_9_worker_sigkilled_while_retries_and_delays_wait_loses_nothing(
         return [(name, int(pid)) for name, pid in (line.split() for line in lines)]
 
     assert wait_for(lambda: len(tried()) >= len(retried), 60), pool.evidence()
+    time.sleep(1.5)  # the worker commits what it finished every second
     ran_before_kill = ledger_counts(ledger)
     first.kill()
     time.sleep(1.0)
@@ -412,7 +414,7 @@ def test_9_worker_sigkilled_while_retries_and_delays_wait_loses_nothing(
         limit = 2 if name in in_killed else 1
         if count > limit:
             found.append(f"{name} ran {count} times (allowed {limit})")
-    due = enqueued_at + 4
+    due = enqueued_at + 5
     early = [run.name for run in read_ledger(ledger) if run.name in delayed and run.at < due]
     if early:
         found.append(f"delayed jobs ran before they were due: {early[:5]}")
