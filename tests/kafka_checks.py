@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -15,6 +16,19 @@ def committed(bootstrap: str, group: str, topic: str, partition: int = 0) -> int
     finally:
         consumer.close()
     return None if tp.offset < 0 else int(tp.offset)
+
+
+def session_config(client: str, max_poll_ms: int | None = None) -> dict[str, Any]:
+    """Consumer settings (either client's names) that notice a dead member in 6 s."""
+    if client == "confluent":
+        config: dict[str, Any] = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+        if max_poll_ms is not None:
+            config["max.poll.interval.ms"] = max_poll_ms
+    else:
+        config = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500}
+        if max_poll_ms is not None:
+            config["max_poll_interval_ms"] = max_poll_ms
+    return config
 
 
 def produce_raw(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None) -> None:

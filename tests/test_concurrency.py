@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import concurrency_jobs as jobs
 import pytest
-from kafka_checks import committed, group_name
+from kafka_checks import committed, group_name, session_config
 from ledger_jobs import wait_for
 from throughput_support import WorkerProcess, WorkerThread, close_queue
 
@@ -26,18 +26,6 @@ from kq.clients import ClientName
 
 CLIENTS = ["confluent", "kafka-python"]
 MakeTopic = Any
-
-
-def _session_config(client: str, max_poll_ms: int | None = None) -> dict[str, Any]:
-    if client == "confluent":
-        config: dict[str, Any] = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
-        if max_poll_ms is not None:
-            config["max.poll.interval.ms"] = max_poll_ms
-    else:
-        config = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500}
-        if max_poll_ms is not None:
-            config["max_poll_interval_ms"] = max_poll_ms
-    return config
 
 
 class Outcomes:
@@ -459,7 +447,7 @@ def test_worker_at_its_cap_with_slow_jobs_stays_in_the_group(
         queue.enqueue(jobs.step, ledger, "quick", seq)
     close_queue(queue)
     group = group_name()
-    config = _session_config(client, max_poll_ms=6000)
+    config = session_config(client, max_poll_ms=6000)
     observer = Observer()
     one = _worker(
         bootstrap,
@@ -581,7 +569,7 @@ def test_graceful_rebalance_runs_no_finished_job_again(
         queue.using(key=str(seq).encode()).enqueue(jobs.step, ledger, "j", seq, 0.03 * concurrency)
     close_queue(queue)
     group = group_name()
-    config = _session_config(client)
+    config = session_config(client)
     observers = [Observer(), Observer()]
     one = _worker(
         bootstrap,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,8 +17,9 @@ from typing import Any
 
 import dill
 import pytest
+import worker_proc
 from kafka import KafkaConsumer
-from kafka_checks import committed, group_name, produce_raw
+from kafka_checks import committed, group_name, produce_raw, session_config
 from ledger_jobs import ends, record, record_async, starts, wait_for
 
 from kq import Job, Queue, Worker
@@ -30,18 +30,6 @@ CLIENTS = ["confluent", "kafka-python"]
 CONCURRENCY = [1, 4]
 TESTS_DIR = Path(__file__).parent
 REPO = TESTS_DIR.parent
-
-
-def _session_config(client: str, max_poll_ms: int | None = None) -> dict[str, Any]:
-    if client == "confluent":
-        config: dict[str, Any] = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
-        if max_poll_ms is not None:
-            config["max.poll.interval.ms"] = max_poll_ms
-    else:
-        config = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500}
-        if max_poll_ms is not None:
-            config["max_poll_interval_ms"] = max_poll_ms
-    return config
 
 
 class Outcomes:
@@ -71,19 +59,7 @@ def _spawn_worker(
 ) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(REPO)]))
     return subprocess.Popen(
-        [
-            sys.executable,
-            str(TESTS_DIR / "worker_proc.py"),
-            "--bootstrap",
-            bootstrap,
-            "--topic",
-            topic,
-            "--group",
-            group,
-            "--client",
-            client,
-            *extra,
-        ],
+        worker_proc.command(bootstrap, topic, group, client, *extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -197,7 +173,7 @@ def test_job_longer_than_max_poll_interval_runs_once(
     queue.enqueue(record, ledger, "long", sleep=9)
     queue.enqueue(record, ledger, "next")
     group = group_name()
-    config = _session_config(client, max_poll_ms=6000)
+    config = session_config(client, max_poll_ms=6000)
     one = Worker(topic, make_consumer(bootstrap, group, client=client, **config))
     two = Worker(topic, make_consumer(bootstrap, group, client=client, **config))
     counts: list[int] = []
@@ -352,7 +328,7 @@ def test_rebalance_mid_run_every_job_runs(
         # as long a run with 4 lanes as with 1: the second worker joins mid-run either way
         queue.using(key=str(index).encode()).enqueue(record, ledger, name, sleep=0.02 * concurrency)
     group = group_name()
-    config = _session_config(client)
+    config = session_config(client)
     workers = [
         Worker(
             topic,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import worker_proc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from kafka import KafkaConsumer, KafkaProducer
 
@@ -158,20 +158,7 @@ class WorkerProcess:
         self.stderr_path = log_dir / f"worker-{name}.err"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(TESTS_DIR / "worker_proc.py"),
-                    "--bootstrap",
-                    bootstrap,
-                    "--topic",
-                    topic,
-                    "--group",
-                    group,
-                    "--client",
-                    client,
-                    "--exit-with-stdin",
-                    *extra,
-                ],
+                worker_proc.command(bootstrap, topic, group, client, "--exit-with-stdin", *extra),
                 stdin=subprocess.PIPE,
                 stdout=out,
                 stderr=err,

@@ -16,9 +16,27 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from kq import Message, Worker
+
+
+def command(bootstrap: str, topic: str, group: str, client: str, *extra: str) -> list[str]:
+    """The command line that runs this script as one worker of ``group``."""
+    return [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--client",
+        client,
+        *extra,
+    ]
 
 
 def _die_with_stdin() -> None:

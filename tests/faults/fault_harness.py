@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import worker_proc
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from fault_jobs import mark
@@ -153,21 +154,8 @@ class WorkerProc:
             os.environ,
             PYTHONPATH=os.pathsep.join([str(FAULTS_DIR), str(TESTS_DIR), str(REPO)]),
         )
-        command = [
-            sys.executable,
-            str(TESTS_DIR / "worker_proc.py"),
-            "--bootstrap",
-            bootstrap,
-            "--topic",
-            topic,
-            "--group",
-            group,
-            "--client",
-            client,
-            # stdin is a pipe only we write to: the worker dies with this process
-            "--exit-with-stdin",
-            *extra,
-        ]
+        # stdin is a pipe only we write to: the worker dies with this process
+        command = worker_proc.command(bootstrap, topic, group, client, "--exit-with-stdin", *extra)
         with open(self.out_path, "wb") as out, open(self.log_path, "wb") as err:
             self.proc = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=out, stderr=err, env=env
