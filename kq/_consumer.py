@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from kq._checks import fail_type, fail_value
+from kq._logs import CONSUMER
 from kq.message import Message, received
 
 TopicPartition = tuple[str, int]
@@ -66,7 +66,7 @@ def _join_hosts(value: Any) -> str:
 
 
 class _KafkaPythonConsumer:
-    def __init__(self, client: Any, logger: logging.Logger) -> None:
+    def __init__(self, client: Any) -> None:
         group = client.config.get("group_id")
         if not group:
             fail_value("consumer must have group_id")
@@ -76,7 +76,7 @@ class _KafkaPythonConsumer:
         self._in_listener = False
         self._topic: str | None = None
         self.headers: dict[tuple[str, int, int], dict[str, bytes]] = {}
-        self._logger = logger
+        self._logger = CONSUMER
 
     def resolve_hosts(self, timeout: float = 2.0) -> None:
         """Nothing to learn: kafka-python keeps its configuration readable."""
@@ -207,12 +207,12 @@ def _confluent_group(client: Any) -> str:
 
 
 class _ConfluentConsumer:
-    def __init__(self, client: Any, logger: logging.Logger) -> None:
+    def __init__(self, client: Any) -> None:
         from confluent_kafka import KafkaError, KafkaException
         from confluent_kafka import TopicPartition as CTP
 
         self.client = client
-        self._logger = logger
+        self._logger = CONSUMER
         self._hosts: str | None = None
         self._topic: str | None = None
         self.headers: dict[tuple[str, int, int], dict[str, bytes]] = {}
@@ -341,13 +341,13 @@ class _ConfluentConsumer:
         self.client.poll(0.05)
 
 
-def adapt_consumer(consumer: Any, logger: logging.Logger) -> ConsumerAdapter:
+def adapt_consumer(consumer: Any) -> ConsumerAdapter:
     """Wrap a kafka-python ``KafkaConsumer`` or a confluent-kafka ``Consumer``."""
     from confluent_kafka import Consumer as ConfluentConsumer
     from kafka import KafkaConsumer
 
     if isinstance(consumer, KafkaConsumer):
-        return _KafkaPythonConsumer(consumer, logger)
+        return _KafkaPythonConsumer(consumer)
     if isinstance(consumer, ConfluentConsumer):
-        return _ConfluentConsumer(consumer, logger)
+        return _ConfluentConsumer(consumer)
     fail_type("bad consumer instance")

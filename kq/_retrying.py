@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import traceback
 from collections.abc import Mapping
 from typing import Any
 
+from kq._logs import RETRIES
 from kq._producer import ProducerAdapter, Record, adapt_producer
 from kq.message import Message
 from kq.retry import (
@@ -43,7 +43,6 @@ class RetryRouter:
         dead_topic: str | None,
         scheduling: bool,
         config: Mapping[str, Any] | None,
-        logger: logging.Logger,
     ) -> None:
         self._topic = topic
         self._default = default_policy
@@ -51,7 +50,7 @@ class RetryRouter:
         self.dead_topic = dead_topic or dead_letter_topic(topic)
         self._scheduling = scheduling
         self._config = dict(config or {})
-        self._logger = logger
+        self._logger = RETRIES
         self._lock = threading.Lock()
         self._producer: ProducerAdapter | None = None
         self._bootstrap = ""
@@ -72,7 +71,7 @@ class RetryRouter:
             return
         if self._forwarder is None:
             self._forwarder = Forwarder(
-                bootstrap, self._topic, group, self._lazy_producer(), self._logger, self._config
+                bootstrap, self._topic, group, self._lazy_producer(), self._config
             )
         self._forwarder.start()
 

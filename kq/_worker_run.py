@@ -139,7 +139,7 @@ def run_worker(settings: WorkerSettings) -> int:
     try:
         return _run(settings, running)
     except _StopBeforeStart:
-        logging.getLogger("kq.worker").info("Stopped before the worker started")
+        logging.getLogger("kq.runtime").info("Stopped before the worker started")
         return 0
     finally:
         for sig, handler in previous.items():

@@ -23,6 +23,7 @@ from kq._checks import (
     fail_value,
     is_number,
 )
+from kq._logs import PRODUCER
 from kq._producer import Outgoing, ProducerAdapter, adapt_producer, raise_for
 from kq.clients import ClientName, login_settings, make_producer
 from kq.errors import BatchEnqueueError, EnqueueError
@@ -269,7 +270,7 @@ class Batch:
             queue = self._spec._queue
             report = BatchEnqueueError(queue._topic, failed, self._acknowledged)
             ids = ", ".join(str(job.id) for job, _cause in failed)
-            queue._logger.error("%s; failed job ids: %s", report, ids)
+            PRODUCER.error("%s; failed job ids: %s", report, ids)
             add_note = getattr(exc, "add_note", None)  # Python 3.11+
             if add_note is not None:
                 add_note(f"{report}; failed job ids: {ids}")

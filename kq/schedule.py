@@ -19,13 +19,13 @@ next hop: at least once, as everywhere in kq.
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from kq._logs import DELAY
 from kq._producer import ProducerAdapter, Record
 from kq.retry import H_DUE, H_TOPIC
 
@@ -120,7 +120,6 @@ class Forwarder:
         topic: str,
         group: str,
         producer: ProducerAdapter,
-        logger: logging.Logger,
         config: Mapping[str, Any] | None = None,
         delivery_timeout: float = 30.0,
     ) -> None:
@@ -128,7 +127,7 @@ class Forwarder:
         self._topic = topic
         self._group = f"{group}.kq-delay"
         self._producer = producer
-        self._logger = logger
+        self._logger = DELAY
         self._config = dict(config or {})
         self._delivery_timeout = delivery_timeout
         self._stop = threading.Event()

@@ -24,6 +24,7 @@ from kq._checks import (
 from kq._consumer import TopicPartition, adapt_consumer
 from kq._isolate import Result, run_inline, run_isolated
 from kq._lanes import Lanes
+from kq._logs import CONSUMER, RUNTIME
 from kq._loop import EventLoopThread
 from kq._offsets import OffsetTracker
 from kq._retrying import RetryRouter
@@ -106,7 +107,7 @@ class Worker:
         check_str(topic, "topic must be a str")
         check_logger(logger)
         self._logger = logger or logging.getLogger("kq.worker")
-        self._consumer = adapt_consumer(consumer, self._logger)
+        self._consumer = adapt_consumer(consumer)
         check_callable_or_none(callback, "callback must be a callable")
         check_callable_or_none(deserializer, "deserializer must be a callable")
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
@@ -128,7 +129,7 @@ class Worker:
         self._callback = callback
         self._observer = observer
         self._router = RetryRouter(
-            topic, retry, dead_letter_topic, bool(scheduling), scheduler_config, self._logger
+            topic, retry, dead_letter_topic, bool(scheduling), scheduler_config
         )
         self._deserializer: Callable[[bytes], Any] = deserializer or dill.loads
         # KQ's default, dill.loads, is served by kq.serialization.loads: the same
@@ -269,7 +270,7 @@ class Worker:
         try:
             hook(*args)
         except Exception as exc:
-            self._logger.warning("Observer %s raised: %r", method, exc)
+            RUNTIME.warning("Observer %s raised: %r", method, exc)
 
     def _process_attempt(
         self, message: Message, headers: dict[str, bytes] | None, attempt: Attempt
@@ -307,7 +308,7 @@ class Worker:
         if self._observer is not None and result.status != "aborted":
             self._observe("job_finished", result.status, time.perf_counter() - started)
         if result.status == "aborted":
-            self._logger.warning("Job %s was stopped by a hard shutdown; it will run again", job.id)
+            RUNTIME.warning("Job %s was stopped by a hard shutdown; it will run again", job.id)
             return False
         if result.status == "success":
             if info:
@@ -377,7 +378,7 @@ class Worker:
         try:
             self._consumer.commit(offsets, asynchronous=asynchronous)
         except Exception as exc:
-            self._logger.warning("Offset commit failed (jobs may run again): %s", exc)
+            CONSUMER.warning("Offset commit failed (jobs may run again): %s", exc)
             return
         self._tracker.mark_committed(offsets)
         if self._observer is not None:
@@ -385,18 +386,20 @@ class Worker:
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
         """Rebalance: new partitions; paused too if the worker is at its cap."""
-        self._logger.info("Partitions assigned: %s", partitions)
+        if partitions:
+            CONSUMER.info("Partitions assigned: %s", partitions)
         self._observe("rebalanced", "assigned", partitions)
         if self._paused and partitions:
             self._consumer.pause(partitions)
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
         """Rebalance: commit what finished before the partitions go."""
-        self._logger.info("Partitions revoked: %s", partitions)
+        if partitions:
+            CONSUMER.info("Partitions revoked: %s", partitions)
         self._observe("rebalanced", "revoked", partitions)
         self._lanes.discard(partitions)
         if not self._lanes.wait_idle(partitions, self._revoke_wait(), self._abort):
-            self._logger.warning(
+            CONSUMER.warning(
                 "Jobs of revoked partitions still running; their offsets will not be committed"
             )
         self._drain()
@@ -415,7 +418,8 @@ class Worker:
 
     def on_lost(self, partitions: list[TopicPartition]) -> None:
         """Rebalance: partitions already owned by others; commit nothing for them."""
-        self._logger.warning("Partitions lost: %s", partitions)
+        if partitions:
+            CONSUMER.warning("Partitions lost: %s", partitions)
         self._observe("rebalanced", "lost", partitions)
         self._lanes.discard(partitions)
         self._drain()
@@ -466,14 +470,14 @@ class Worker:
 
                 client.seek(KTP(tp[0], tp[1]), offset)
         except Exception as exc:
-            self._logger.warning("Could not rewind %s to %s: %s", tp, offset, exc)
+            CONSUMER.warning("Could not rewind %s to %s: %s", tp, offset, exc)
 
     def _handle_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self._stopping.is_set():
-            self._logger.warning("Second signal %s: stopping at once", signum)
+            RUNTIME.warning("Second signal %s: stopping at once", signum)
             self._abort.set()
             return
-        self._logger.info("Signal %s: finishing running jobs, then stopping", signum)
+        RUNTIME.info("Signal %s: finishing running jobs, then stopping", signum)
         self._stopping.set()
 
     def stop(self, immediately: bool = False) -> None:
@@ -551,7 +555,7 @@ class Worker:
                 # the client reconnects by itself; the worker must not die of it.
                 if _is_fatal(exc):
                     raise
-                self._logger.warning("Polling failed (retrying): %r", exc)
+                CONSUMER.warning("Polling failed (retrying): %r", exc)
                 time.sleep(0.5)
                 continue
             if messages:
@@ -566,10 +570,10 @@ class Worker:
         # A second signal (or stop(immediately=True)) during this wait ends it.
         if not self._lanes.wait_idle(timeout=timeout, interrupt=self._abort):
             if self._abort.is_set():
-                self._logger.warning("Stopping at once; running jobs will run again")
+                RUNTIME.warning("Stopping at once; running jobs will run again")
             else:
                 self._abort.set()
-                self._logger.warning("Running jobs did not finish in time; they will run again")
+                RUNTIME.warning("Running jobs did not finish in time; they will run again")
             self._lanes.wait_idle(timeout=1.0)
         self._drain()
         self._commit(asynchronous=False)
@@ -580,7 +584,7 @@ class Worker:
         try:
             self._consumer.unsubscribe()
         except Exception as exc:
-            self._logger.warning("Leaving the group failed: %s", exc)
+            CONSUMER.warning("Leaving the group failed: %s", exc)
         self._lanes.close()
         self._loop_thread.close()
         self._router.stop()

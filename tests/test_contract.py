@@ -942,7 +942,7 @@ def test_auto_committing_consumer_commits_only_after_processing(
     def check_committed(*_: Any) -> None:
         seen.append(committed(bootstrap, group, topic))
 
-    caplog.set_level(logging.INFO, logger="kq.worker")
+    caplog.set_level(logging.INFO, logger="kq.consumer")
     worker = Worker(topic, consumer, callback=check_committed)
     assert worker.start(max_messages=2) == 2
     assert seen[0] is None  # message 0 was fetched (and more) but had not finished
@@ -951,7 +951,7 @@ def test_auto_committing_consumer_commits_only_after_processing(
     if client == "kafka-python":
         warnings = [
             r
-            for r in worker_records(caplog)
+            for r in worker_records(caplog, "kq.consumer")
             if r.levelno == logging.WARNING and "enable_auto_commit" in r.getMessage()
         ]
         assert len(warnings) == 1
