@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -54,7 +55,13 @@ class ConsumerAdapter(Protocol):
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
 
-    def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool) -> None: ...
+    def commit(
+        self, offsets: dict[TopicPartition, int], asynchronous: bool, timeout: float = 10.0
+    ) -> None:
+        """Commit ``offsets``; a synchronous commit raises when it fails (within ``timeout``)."""
+
+    def failed_commits(self) -> list[dict[TopicPartition, int]]:
+        """Asynchronous commits the client reported as failed since the last call."""
 
     def unsubscribe(self) -> None: ...
 
@@ -75,6 +82,7 @@ class _KafkaPythonConsumer:
         self.group = str(group)
         self._in_listener = False
         self._topic: str | None = None
+        self._failed: deque[dict[TopicPartition, int]] = deque()
         self.headers: dict[tuple[str, int, int], dict[str, bytes]] = {}
         self._logger = CONSUMER
 
@@ -166,7 +174,9 @@ class _KafkaPythonConsumer:
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         self.client.resume(*self._tps(partitions))
 
-    def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool) -> None:
+    def commit(
+        self, offsets: dict[TopicPartition, int], asynchronous: bool, timeout: float = 10.0
+    ) -> None:
         from kafka import OffsetAndMetadata, TopicPartition
 
         data = {
@@ -174,9 +184,21 @@ class _KafkaPythonConsumer:
             for (t, p), offset in offsets.items()
         }
         if asynchronous or self._in_listener:
-            self.client.commit_async(offsets=data)
+            # kafka-python drops an asynchronous commit that fails (e.g. while
+            # the coordinator is away) and says so only to this callback.
+            def done(_offsets: Any, response: Any) -> None:
+                if isinstance(response, BaseException):
+                    self._failed.append(dict(offsets))
+
+            self.client.commit_async(offsets=data, callback=done)
         else:
-            self.client.commit(offsets=data)
+            self.client.commit(offsets=data, timeout_ms=int(timeout * 1000))
+
+    def failed_commits(self) -> list[dict[TopicPartition, int]]:
+        failed = []
+        while self._failed:
+            failed.append(self._failed.popleft())
+        return failed
 
     def unsubscribe(self) -> None:
         self.client.unsubscribe()
@@ -320,7 +342,10 @@ class _ConfluentConsumer:
         if tps:
             self.client.resume(tps)
 
-    def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool) -> None:
+    def commit(
+        self, offsets: dict[TopicPartition, int], asynchronous: bool, timeout: float = 10.0
+    ) -> None:
+        from confluent_kafka import KafkaException
         from confluent_kafka import TopicPartition as CTP
 
         tps = [CTP(t, p, offset) for (t, p), offset in offsets.items()]
@@ -328,7 +353,15 @@ class _ConfluentConsumer:
             return
         # keeps an auto-committing consumer from committing anything else
         self.client.store_offsets(offsets=tps)
-        self.client.commit(offsets=tps, asynchronous=asynchronous)
+        result = self.client.commit(offsets=tps, asynchronous=asynchronous)
+        for tp in result or ():
+            if tp.error is not None:  # a synchronous commit's per-partition outcome
+                raise KafkaException(tp.error)
+
+    def failed_commits(self) -> list[dict[TopicPartition, int]]:
+        # librdkafka keeps an asynchronous commit made while the coordinator is
+        # away and sends it once one is back (tests/test_commits.py).
+        return []
 
     def unsubscribe(self) -> None:
         self.client.unsubscribe()

@@ -73,6 +73,12 @@ class OffsetTracker:
         """Remember what was committed, so it is not committed again."""
         self._committed.update(offsets)
 
+    def commit_failed(self, offsets: dict[TopicPartition, int]) -> None:
+        """An asynchronous commit of ``offsets`` failed: offer them again next time."""
+        for tp, offset in offsets.items():
+            if self._committed.get(tp) == offset:
+                del self._committed[tp]
+
     def drop(self, partitions: list[TopicPartition]) -> None:
         """Forget partitions this worker no longer owns: nothing more is committed for them."""
         for tp in partitions:

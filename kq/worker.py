@@ -44,6 +44,10 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # pauses its partitions (and keeps polling, paused, to stay in the group).
 _PAUSE_AFTER = 1.0
 
+# How long a stopping worker keeps trying to commit what finished while the
+# group rebalances or its coordinator moves (a rebalance takes a few seconds).
+_FINAL_COMMIT_WAIT = 15.0
+
 
 def _is_fatal(exc: BaseException) -> bool:
     """Client errors a worker cannot outlive (authorization, fatal librdkafka state)."""
@@ -362,9 +366,15 @@ class Worker:
         asynchronous: bool,
         partitions: set[TopicPartition] | None = None,
         again: bool | None = None,
-    ) -> None:
+        quiet: bool = False,
+    ) -> bool:
+        """Commit what finished; False if a synchronous commit failed."""
         if not self._commit_offsets:
-            return
+            return True
+        # Asynchronous commits the client could not deliver (the coordinator
+        # was away, a rebalance was running) are offered again now.
+        for failed in self._consumer.failed_commits():
+            self._tracker.commit_failed(failed)
         # On revoke the partitions are given: kafka-python has already taken
         # them out of assignment() when it calls the listener.
         owned = self._consumer.assignment() if partitions is None else partitions
@@ -374,15 +384,39 @@ class Worker:
             owned, again=(not asynchronous) if again is None else again
         )
         if not offsets:
-            return
+            return True
         try:
             self._consumer.commit(offsets, asynchronous=asynchronous)
         except Exception as exc:
-            CONSUMER.warning("Offset commit failed (jobs may run again): %s", exc)
-            return
+            if not quiet:
+                CONSUMER.warning("Offset commit failed (jobs may run again): %s", exc)
+            return False
         self._tracker.mark_committed(offsets)
         if self._observer is not None:
             self._observe("committed", offsets)
+        return True
+
+    def _final_commit(self) -> None:
+        """Commit everything finished before leaving, across a rebalance or coordinator change.
+
+        A commit refused because the group is rebalancing (another member
+        left or joined) or because the coordinator moved succeeds once the
+        client has caught up, which only polling lets it do: poll (paused,
+        so nothing new is fetched; whatever comes is neither run nor
+        committed) and try again, for a bounded time.
+        """
+        deadline = time.monotonic() + _FINAL_COMMIT_WAIT
+        self._set_paused(True)
+        while not self._commit(asynchronous=False, quiet=True):
+            if time.monotonic() >= deadline:
+                self._commit(asynchronous=False)  # logs why it still fails
+                return
+            try:
+                self._consumer.poll(0.2, 1)
+            except Exception as exc:
+                if _is_fatal(exc):
+                    CONSUMER.warning("Offset commit failed (jobs may run again): %s", exc)
+                    return
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
         """Rebalance: new partitions; paused too if the worker is at its cap."""
@@ -576,7 +610,7 @@ class Worker:
                 RUNTIME.warning("Running jobs did not finish in time; they will run again")
             self._lanes.wait_idle(timeout=1.0)
         self._drain()
-        self._commit(asynchronous=False)
+        self._final_commit()
         self._set_paused(False)
         # Also after max_messages: a member that no longer polls would keep its
         # partitions (cooperative assignment hands them back to it) until its

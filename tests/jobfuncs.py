@@ -24,3 +24,16 @@ def sleep_for(seconds: float) -> str:
 def echo(value: object) -> object:
     """Return the argument unchanged."""
     return value
+
+
+def wait_for_file(started: str, release: str, limit: float = 120.0) -> str:
+    """Create ``started``, then wait (at most ``limit`` s) until ``release`` exists."""
+    from pathlib import Path
+
+    Path(started).write_text("started")
+    deadline = time.monotonic() + limit
+    while not Path(release).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{release} never appeared")
+        time.sleep(0.02)
+    return "released"

@@ -37,6 +37,21 @@ def test_mark_committed_suppresses_repeats_and_drop_forgets() -> None:
     assert tracker.in_flight() == 0
 
 
+def test_a_failed_asynchronous_commit_is_offered_again() -> None:
+    tracker = OffsetTracker()
+    for offset in (0, 1):
+        tracker.started(TP, offset)
+        tracker.finished(TP, offset)
+    tracker.mark_committed({TP: 2})
+    assert tracker.committable() == {}
+    tracker.commit_failed({TP: 2})
+    assert tracker.committable() == {TP: 2}
+    # a failure report of an older commit does not undo a newer one
+    tracker.mark_committed({TP: 2})
+    tracker.commit_failed({TP: 1})
+    assert tracker.committable() == {}
+
+
 def test_partition_filter() -> None:
     tracker = OffsetTracker()
     other = ("t", 1)

@@ -1,0 +1,129 @@
+"""Commits that survive a coordinator outage and a rebalance at stop, with both clients.
+
+A finished job's offset must reach the group even when the commit that first
+carried it failed: the coordinator was away (a broker restart), or the group
+was rebalancing when the worker stopped (another member had just left).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jobfuncs
+import pytest
+from kafka_checks import committed, group_name
+
+from kq import Queue, Worker
+from kq.clients import ClientName, make_consumer
+from kq.local import LocalKafka
+
+CLIENTS: list[ClientName] = ["kafka-python", "confluent"]
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _rebalance_error(client: ClientName) -> Exception:
+    """What each client raises for a commit made while the group rebalances."""
+    if client == "kafka-python":
+        from kafka.errors import RebalanceInProgressError
+
+        return RebalanceInProgressError("injected: the group is rebalancing")
+    from confluent_kafka import KafkaError, KafkaException
+
+    return KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS, "injected"))
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_final_commit_refused_by_a_rebalance_is_made_once_the_group_settles(
+    bootstrap: str, make_topic: Any, client: ClientName
+) -> None:
+    """The stop's commit meets a rebalance (another member just left): it is made after it."""
+    topic = make_topic(partitions=2)
+    group = group_name()
+    queue = Queue.connect(bootstrap, topic)
+    for partition in (0, 1):
+        for n in range(3):
+            queue.using(partition=partition).enqueue(jobfuncs.add, n, n)
+    # A long commit interval: only the final, synchronous commit commits.
+    consumer = make_consumer(bootstrap, group, client=client)
+    worker = Worker(topic, consumer, commit_interval=3600)
+    adapter = worker._consumer
+    real_commit = adapter.commit
+    refused: list[dict[tuple[str, int], int]] = []
+
+    def commit(offsets: dict[tuple[str, int], int], asynchronous: bool, **kw: Any) -> None:
+        if not asynchronous and not refused:
+            refused.append(dict(offsets))
+            raise _rebalance_error(client)
+        real_commit(offsets, asynchronous, **kw)
+
+    adapter.commit = commit  # type: ignore[method-assign]
+    try:
+        assert worker.start(max_messages=6) == 6
+    finally:
+        consumer.close()
+    assert refused == [{(topic, 0): 3, (topic, 1): 3}]
+    assert committed(bootstrap, group, topic, 0) == 3
+    assert committed(bootstrap, group, topic, 1) == 3
+
+
+# -- a broker of their own, stopped and restarted ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def solo() -> Iterator[LocalKafka]:
+    """A single-node Kafka that these tests alone stop and restart."""
+    if os.environ.get("KQ_TEST_BOOTSTRAP", "").strip():
+        pytest.skip("needs its own local broker (it is stopped and restarted)")
+    with LocalKafka(1) as local:
+        yield local
+
+
+@pytest.mark.kills_nodes
+@pytest.mark.parametrize("client", CLIENTS)
+def test_commit_failed_while_the_coordinator_was_away_is_sent_once_it_is_back(
+    solo: LocalKafka, tmp_path: Any, client: ClientName
+) -> None:
+    """A job finishes while the broker is down; its offset is committed once it is back.
+
+    The worker is never stopped here, so no final commit can hide a lost one.
+    """
+    if not solo.is_running(1):
+        solo.start_node(1)
+    bootstrap = solo.bootstrap_servers
+    topic = f"t-outage-{client}-{os.urandom(4).hex()}"
+    solo.create_topic(topic, 1)
+    group = group_name()
+    started, release = tmp_path / "started", tmp_path / "release"
+    Queue.connect(bootstrap, topic).enqueue(jobfuncs.wait_for_file, str(started), str(release))
+    consumer = make_consumer(bootstrap, group, client=client)
+    worker = Worker(topic, consumer)
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists(), "the job never started"
+        solo.stop_node(1)
+        release.write_text("go")  # the job finishes while the coordinator is away
+        while worker.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.in_flight == 0
+        time.sleep(3.0)  # commit rounds pass, and fail, while the broker is down
+        solo.start_node(1)
+        offset = None
+        deadline = time.monotonic() + 60
+        while offset != 1 and time.monotonic() < deadline:
+            offset = committed(bootstrap, group, topic)
+            time.sleep(0.5)
+        assert offset == 1, "the finished job's offset never reached the group"
+        assert thread.is_alive(), "the worker stopped by itself"
+    finally:
+        worker.stop()
+        thread.join(60)
+        consumer.close()
