@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kq._admin import create_topic
 from kq.clients import make_consumer, make_producer
 from kq.dead_letters import DeadLetter, DeadLetters
 from kq.errors import (
     ArgumentTypeError,
     ArgumentValueError,
     BatchEnqueueError,
+    ClusterError,
     EnqueueError,
     KQError,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "Attempt",
     "Batch",
     "BatchEnqueueError",
+    "ClusterError",
     "DeadLetter",
     "DeadLetters",
     "EnqueueError",
@@ -46,6 +49,7 @@ __all__ = [
     "Worker",
     "WorkerObserver",
     "__version__",
+    "create_topic",
     "current_attempt",
     "make_consumer",
     "make_producer",

@@ -12,13 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kq.errors import KQError
+from kq.errors import ArgumentValueError, ClusterError
 
-__all__ = ["Cluster", "ClusterError", "GroupState", "Member", "PartitionState"]
-
-
-class ClusterError(KQError):
-    """The cluster could not be reached, or refused or failed a request."""
+__all__ = ["Cluster", "ClusterError", "GroupState", "Member", "PartitionState", "create_topic"]
 
 
 @dataclass(frozen=True)
@@ -124,8 +120,62 @@ class Cluster:
         if found is None:
             found = self.topics(refresh=True).get(topic)
         if found is None:
-            raise ClusterError(f"topic {topic!r} does not exist at {self.bootstrap}")
+            raise ClusterError(
+                f"topic {topic!r} does not exist at {self.bootstrap};"
+                f" create it first: kq topic create {topic} --partitions N"
+            )
         return found
+
+    def create_topic(
+        self,
+        topic: str,
+        partitions: int,
+        replication_factor: int | None = None,
+        config: Mapping[str, str] | None = None,
+    ) -> list[int]:
+        """Create ``topic`` and wait until every partition has a leader; return its partitions.
+
+        ``replication_factor`` None takes the cluster's default. ``ClusterError``
+        says why it could not be created (it exists, a bad setting, no rights, …).
+        """
+        import time
+
+        from confluent_kafka.cimpl import NewTopic
+
+        new = NewTopic(
+            topic,
+            num_partitions=partitions,
+            replication_factor=-1 if replication_factor is None else replication_factor,
+            config=dict(config or {}),
+        )
+        try:
+            futures = self._admin.create_topics(
+                [new], operation_timeout=self.timeout, request_timeout=self.timeout
+            )
+            futures[topic].result(timeout=self.timeout + 5)
+        except Exception as exc:
+            raise ClusterError(f"cannot create topic {topic!r}: {_reason(exc)}") from exc
+        # Clients that ask before the leaders are elected see UNKNOWN_TOPIC_OR_PART.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                found = self._admin.list_topics(topic=topic, timeout=self.timeout).topics.get(topic)
+            except Exception:
+                found = None
+            if (
+                found is not None
+                and found.error is None
+                and len(found.partitions) == partitions
+                and all(p.leader >= 0 for p in found.partitions.values())
+            ):
+                self._topics = None
+                return sorted(found.partitions)
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"topic {topic!r} was created but its partitions had no leader"
+                    f" within {self.timeout:g} s"
+                )
+            time.sleep(0.05)
 
     def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
         """``(earliest, end)`` offsets of one partition."""
@@ -235,3 +285,25 @@ class Cluster:
                 f"cannot move the offsets of group {group!r}: {failed[0].error.str()}"
                 " (a group's offsets can only be moved while it has no active members)"
             )
+
+
+def create_topic(
+    bootstrap_servers: str,
+    topic: str,
+    partitions: int,
+    replication_factor: int | None = None,
+    config: Mapping[str, str] | None = None,
+    *,
+    client_config: Mapping[str, Any] | None = None,
+    timeout: float = 30.0,
+) -> list[int]:
+    """Create a job topic with ``partitions`` partitions (as ``kq topic create`` does).
+
+    Partitions are a topic's unit of parallelism: a group runs at most one
+    worker process per partition at a time. Returns the partition ids once
+    every partition has a leader; raises ``kq.ClusterError`` naming why not.
+    """
+    if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
+        raise ArgumentValueError("partitions must be an int, 1 or greater")
+    with Cluster(bootstrap_servers, client_config, timeout) as cluster:
+        return cluster.create_topic(topic, partitions, replication_factor, config)

@@ -237,6 +237,8 @@ class _ConfluentConsumer:
         self._logger = CONSUMER
         self._hosts: str | None = None
         self._topic: str | None = None
+        self._waiting_since: float | None = None  # the subscribed topic was missing
+        self._last_look = 0.0
         self.headers: dict[tuple[str, int, int], dict[str, bytes]] = {}
         self.group = _confluent_group(client)
         # With enable.auto.offset.store on (librdkafka's default), every record
@@ -293,6 +295,8 @@ class _ConfluentConsumer:
         from confluent_kafka import KafkaError, KafkaException
 
         out: list[Message] = []
+        if self._waiting_since is not None:
+            self._look_for_topic()
         # consume(n, timeout) waits until it has n messages or the timeout
         # passed, which makes every job of a light load wait out the timeout.
         # Take what is there; if nothing, wait for the first message only.
@@ -314,7 +318,16 @@ class _ConfluentConsumer:
                     KafkaError.GROUP_AUTHORIZATION_FAILED,
                 ):
                     raise KafkaException(err)
-                if err.code() != KafkaError._PARTITION_EOF:
+                if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and self._topic:
+                    if self._waiting_since is None:
+                        self._waiting_since = time.monotonic()
+                        self._logger.warning(
+                            "Topic %r does not exist (yet); the worker takes jobs within"
+                            " seconds of its creation (kq topic create %s --partitions N)",
+                            self._topic,
+                            self._topic,
+                        )
+                elif err.code() != KafkaError._PARTITION_EOF:
                     self._logger.warning("Consumer error: %s", err)
                 continue
             value = m.value()
@@ -323,6 +336,23 @@ class _ConfluentConsumer:
             if headers:
                 _keep_headers(self.headers, m.topic(), m.partition(), m.offset(), headers)
         return out
+
+    def _look_for_topic(self) -> None:
+        # librdkafka looks again for a subscribed topic that was missing only at
+        # its periodic metadata refresh (5 minutes by default, and a full
+        # metadata request made earlier, as resolve_hosts does, keeps it from
+        # looking sooner): ask for the topic every 2 s until it is assigned.
+        now = time.monotonic()
+        if self.client.assignment() or self._topic is None:
+            self._waiting_since = None
+            return
+        if now - self._last_look < 2.0:
+            return
+        self._last_look = now
+        try:
+            self.client.list_topics(topic=self._topic, timeout=1.0)
+        except Exception as exc:
+            self._logger.debug("Looking for topic %r failed: %s", self._topic, exc)
 
     def assignment(self) -> set[TopicPartition]:
         return {(tp.topic, tp.partition) for tp in self.client.assignment()}

@@ -9,17 +9,19 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 from kq._checks import fail_type
+from kq._spread import Headers as Headers
+from kq._spread import Outgoing as Outgoing
+from kq._spread import Spreader, TopicMissing
 from kq.errors import EnqueueError
 
 _GRACE = 2.0
+# Longest wait for a topic's partition list (once per topic and half-minute).
+_LOOKUP = 5.0
 
 
-Headers = tuple[tuple[str, bytes], ...]
-
-#: One message to produce: (topic, value, key, partition, timestamp_ms, headers).
-#: The queue's hot path builds these as plain tuples, which the garbage
-#: collector stops tracking after one pass; ``Record`` names the same fields.
-Outgoing = tuple[str, bytes, bytes | None, int | None, int, Headers]
+# Outgoing: one message to produce, (topic, value, key, partition, timestamp_ms,
+# headers). The queue's hot path builds these as plain tuples, which the garbage
+# collector stops tracking after one pass; ``Record`` names the same fields.
 
 
 class Record(NamedTuple):
@@ -59,12 +61,30 @@ class _KafkaPythonProducer:
     def __init__(self, client: Any) -> None:
         self.client = client
         self.hosts = _join_hosts(client.config["bootstrap_servers"])
+        self._spreader = Spreader(self._partitions)
+
+    def _partitions(self, topic: str, timeout: float) -> list[int] | None:
+        from kafka.errors import KafkaTimeoutError
+
+        try:
+            self.client._wait_on_metadata(topic, int(timeout * 1000))
+        except KafkaTimeoutError:
+            # Brokers known but the topic not among their metadata: it is missing.
+            if self.client._metadata.brokers():
+                raise TopicMissing(topic) from None
+            return None
+        return sorted(self.client._metadata.available_partitions_for_topic(topic) or ())
 
     def send_all(self, records: Sequence[Outgoing], timeout: float) -> list[BaseException | None]:
         deadline = time.monotonic() + timeout
         futures: list[Any] = []
         errors: list[BaseException | None] = [None] * len(records)
+        records, missing = self._spreader.place(records, min(_LOOKUP, timeout))
         for index, (topic, value, key, partition, timestamp, headers) in enumerate(records):
+            if topic in missing:
+                futures.append(None)
+                errors[index] = missing[topic]
+                continue
             try:
                 futures.append(
                     self.client.send(
@@ -101,7 +121,22 @@ class _ConfluentProducer:
         self._hosts: str | None = None
         # confluent's Producer is thread-safe, but our per-call bookkeeping is not
         self._lock = threading.Lock()
+        self._spreader = Spreader(self._partitions)
         self.resolve_hosts()
+
+    def _partitions(self, topic: str, timeout: float) -> list[int] | None:
+        from confluent_kafka import KafkaError
+
+        try:
+            metadata = self.client.list_topics(topic, timeout=timeout)
+        except Exception:
+            return None  # the cluster did not answer: the client's own timeout decides
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            if found is not None and found.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise TopicMissing(topic)
+            return None
+        return sorted(p.id for p in found.partitions.values() if p.leader >= 0)
 
     @property
     def hosts(self) -> str:
@@ -134,9 +169,14 @@ class _ConfluentProducer:
                 failures += 1
 
         refused: set[int] = set()  # records the client did not take
+        records, missing = self._spreader.place(records, min(_LOOKUP, timeout))
         with self._lock:
             produce = self.client.produce
             for index, (topic, value, key, partition, timestamp, headers) in enumerate(records):
+                if missing and topic in missing:
+                    errors[index] = missing[topic]
+                    refused.add(index)
+                    continue
                 while True:
                     try:
                         if partition is None and not headers:
@@ -273,4 +313,6 @@ def adapt_producer(producer: Any) -> ProducerAdapter:
 
 def raise_for(topic: str, error: BaseException) -> None:
     """Raise the kq error for one failed record."""
+    if isinstance(error, EnqueueError):
+        raise error
     raise EnqueueError(topic, f"{type(error).__name__}: {error}", error) from error

@@ -34,6 +34,7 @@ from kq._cli_dead_letters import dead_letters
 from kq._cli_enqueue import enqueue
 from kq._cli_info import info
 from kq._cli_replay import replay
+from kq._cli_topic import topic
 from kq._imports import cwd_on_path
 from kq._worker_run import LOG_FORMAT, WorkerSettings, run_worker, worker_options
 from kq.version import __version__
@@ -60,7 +61,7 @@ def cli() -> None:
     """
 
 
-for command in (enqueue, info, dead_letters, replay):
+for command in (enqueue, info, dead_letters, replay, topic):
     cli.add_command(command)
 
 

@@ -60,6 +60,10 @@ class BatchEnqueueError(EnqueueError):
         super().__init__(topic, reason, first)
 
 
+class ClusterError(KQError):
+    """The cluster could not be reached, or refused or failed a request (admin operations)."""
+
+
 class JobProcessError(KQError):
     """A job run in a child process ended without reporting a result."""
 

@@ -1100,6 +1100,9 @@ class LocalKafka:
             "share.coordinator.state.topic.replication.factor": replicas,
             "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": "0",
+            # Topics are created on purpose (kq topic create), never by a typo
+            # in a producer's or consumer's topic name.
+            "auto.create.topics.enable": "false",
             # A killed node is fenced (and leaves the ISR) after this, and its
             # restart may wait for it to re-register: keep both short.
             "broker.session.timeout.ms": "4000",

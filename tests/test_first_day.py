@@ -1,0 +1,153 @@
+"""A new user's first day: topics made on purpose, unkeyed jobs spread evenly, clear failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import jobfuncs
+import pytest
+from cli_procs import kq
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from kq import ClusterError, EnqueueError, Queue, Worker, create_topic
+from kq.clients import ClientName, make_consumer
+
+CLIENTS: list[ClientName] = ["kafka-python", "confluent"]
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _per_partition(bootstrap: str, topic: str, partitions: int, total: int) -> Counter[int]:
+    """How many records each partition of ``topic`` holds (reads ``total`` records)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4().hex}"})
+    counts: Counter[int] = Counter()
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        deadline = time.monotonic() + 60
+        while sum(counts.values()) < total and time.monotonic() < deadline:
+            for m in consumer.consume(num_messages=500, timeout=0.5):
+                if m.error() is None:
+                    counts[m.partition()] += 1
+    finally:
+        consumer.close()
+    assert sum(counts.values()) == total
+    return counts
+
+
+def _unique(label: str) -> str:
+    return f"t-{label}-{uuid.uuid4().hex[:8]}"
+
+
+# -- unkeyed jobs spread evenly ------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_burst_of_unkeyed_enqueues_spreads_evenly(
+    bootstrap: str, make_topic: Any, client: ClientName
+) -> None:
+    topic = make_topic(partitions=4)
+    queue = Queue.connect(bootstrap, topic, client=client)
+    for n in range(400):
+        queue.enqueue(jobfuncs.add, n, 1)
+    assert _per_partition(bootstrap, topic, 4, 400) == {0: 100, 1: 100, 2: 100, 3: 100}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_batch_spreads_evenly_and_keys_keep_their_partition(
+    bootstrap: str, make_topic: Any, client: ClientName
+) -> None:
+    topic = make_topic(partitions=4)
+    queue = Queue.connect(bootstrap, topic, client=client)
+    with queue.batch() as batch:
+        for n in range(400):
+            batch.enqueue(jobfuncs.add, n, 1)
+    assert _per_partition(bootstrap, topic, 4, 400) == {0: 100, 1: 100, 2: 100, 3: 100}
+    # keyed jobs: one key, one partition (murmur2, as before); explicit partitions win
+    keyed = make_topic(partitions=4)
+    queue = Queue.connect(bootstrap, keyed, client=client)
+    for n in range(20):
+        queue.using(key=b"user-7").enqueue(jobfuncs.add, n, 1)
+    for n in range(10):
+        queue.using(partition=2).enqueue(jobfuncs.add, n, 1)
+    counts = _per_partition(bootstrap, keyed, 4, 30)
+    assert sorted(counts.values()) in ([10, 20], [30])
+
+
+def test_kq_enqueue_count_spreads_evenly(bootstrap: str, make_topic: Any) -> None:
+    topic = make_topic(partitions=4)
+    done = kq("enqueue", topic, "jobfuncs:add", "1", "2", "--count", "400", "-b", bootstrap)
+    assert done.returncode == 0, done.stderr
+    counts = _per_partition(bootstrap, topic, 4, 400)
+    assert max(counts.values()) / min(counts.values()) == 1.0, counts
+
+
+# -- topics: created on purpose --------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_enqueue_to_a_missing_topic_fails_fast_naming_the_command(
+    bootstrap: str, client: ClientName
+) -> None:
+    topic = _unique("missing")
+    queue = Queue.connect(bootstrap, topic, client=client)
+    with pytest.raises(EnqueueError) as caught:
+        queue.enqueue(jobfuncs.add, 1, 2)
+    assert str(caught.value) == (
+        f"could not enqueue to topic {topic!r}: the topic does not exist;"
+        f" create it first: kq topic create {topic} --partitions N"
+    )
+
+
+def test_kq_topic_create_then_enqueue_and_list(bootstrap: str) -> None:
+    topic = _unique("cli-create")
+    missing = kq("enqueue", topic, "jobfuncs:add", "1", "2", "-b", bootstrap)
+    assert missing.returncode == 1
+    assert f"kq topic create {topic}" in missing.stderr
+    created = kq(
+        "topic", "create", topic, "--partitions", "3", "--config", "retention.ms=3600000",
+        "-b", bootstrap,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip() == f"created topic {topic} (3 partitions)"
+    listed = kq("topic", "list", "-b", bootstrap)
+    assert f"{topic}\t3" in listed.stdout.splitlines()
+    again = kq("topic", "create", topic, "--partitions", "3", "-b", bootstrap)
+    assert again.returncode == 1
+    assert again.stderr.count("\n") == 1, again.stderr
+    assert "already exists" in again.stderr
+    assert kq("enqueue", topic, "jobfuncs:add", "1", "2", "-b", bootstrap).returncode == 0
+
+
+def test_create_topic_from_python(bootstrap: str) -> None:
+    topic = _unique("py-create")
+    assert create_topic(bootstrap, topic, partitions=2) == [0, 1]
+    with pytest.raises(ClusterError, match="already exists"):
+        create_topic(bootstrap, topic, partitions=2)
+    with pytest.raises(ValueError, match="partitions must be"):
+        create_topic(bootstrap, _unique("bad"), partitions=0)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_worker_started_before_its_topic_takes_jobs_once_it_exists(
+    bootstrap: str, client: ClientName
+) -> None:
+    topic = _unique("late")
+    done: list[str] = []
+    consumer = make_consumer(bootstrap, f"g-{uuid.uuid4().hex[:8]}", client=client)
+    worker = Worker(topic, consumer, callback=lambda status, *_: done.append(status))
+    thread = threading.Thread(target=worker.start, kwargs={"max_messages": 1}, daemon=True)
+    thread.start()
+    try:
+        time.sleep(3)  # the worker subscribes to a topic that does not exist yet
+        create_topic(bootstrap, topic, partitions=2)
+        Queue.connect(bootstrap, topic, client=client).enqueue(jobfuncs.add, 1, 2)
+        thread.join(60)  # librdkafka alone would look again only after 5 minutes
+        assert done == ["success"]
+    finally:
+        worker.stop()
+        thread.join(30)
+        consumer.close()
