@@ -228,6 +228,12 @@ def test_hostile_text_is_printed_inert_and_one_bad_letter_does_not_stop_the_rest
     malformed = kq("dead-letters", "show", topic, "0:1", "-b", bootstrap)
     assert "malformed       malformed kq-attempt header b'x'" in malformed.stdout
 
+    letters = DeadLetters(bootstrap, topic).list()  # the library lists them all too
+    assert len(letters) == 7 and letters[1].attempts is None and letters[1].problems
+    assert letters[2].source_topic == "" and letters[3].first_enqueued_ms is None
+    with pytest.raises(ValueError, match="not requeued: malformed kq-attempt"):
+        DeadLetters(bootstrap, topic).requeue(letters[1])
+
     requeued = kq("dead-letters", "requeue", topic, "--all", "--yes", "-b", bootstrap)
     assert requeued.returncode == 1
     assert [line.split()[0] for line in requeued.stdout.splitlines()] == ["0:0", "0:5", "0:6"]
