@@ -9,11 +9,11 @@ properties file, and go unchanged to every client the command creates.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import stat
 from collections.abc import Iterable, Mapping
 
+from kq._private_files import read_text_and_mode
 from kq.errors import KQError
 
 __all__ = [
@@ -94,13 +94,9 @@ def _why(sep: str) -> str:
 
 def _read_properties(path: str) -> dict[str, str]:
     try:
-        with open(path) as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            text = handle.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read client config file {path!r}: {exc.strerror}") from exc
-    except UnicodeDecodeError:
-        raise ConfigError(f"client config file {path!r} is not UTF-8 text") from None
+        text, mode = read_text_and_mode(path, "client config file")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     config: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith(("#", "!")):

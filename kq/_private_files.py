@@ -13,7 +13,14 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["PRIVATE_UMASK", "append_private", "private_dir", "read_private", "write_private"]
+__all__ = [
+    "PRIVATE_UMASK",
+    "append_private",
+    "private_dir",
+    "read_private",
+    "read_text_and_mode",
+    "write_private",
+]
 
 PRIVATE_UMASK = 0o077
 """The umask of processes kq starts that write secrets (the broker and its tools)."""
@@ -41,16 +48,21 @@ def append_private(path: Path) -> BinaryIO:
     return os.fdopen(os.open(path, flags, 0o600), "ab")
 
 
-def read_private(path: str | Path, what: str) -> str:
-    """The text of a secrets file; ``ValueError`` if other users can read or change it."""
+def read_text_and_mode(path: str | Path, what: str) -> tuple[str, int]:
+    """A text file and its mode, read through one descriptor; ``ValueError`` names ``what``."""
     try:
         with open(path, encoding="utf-8") as handle:
             mode = os.fstat(handle.fileno()).st_mode
-            text = handle.read()
+            return handle.read(), mode
     except OSError as exc:
         raise ValueError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{what} {str(path)!r} is not UTF-8 text") from None
+
+
+def read_private(path: str | Path, what: str) -> str:
+    """The text of a secrets file; ``ValueError`` if other users can read or change it."""
+    text, mode = read_text_and_mode(path, what)
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ValueError(
             f"{what} {str(path)!r} can be read or changed by other users (mode"
