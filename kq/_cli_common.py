@@ -9,9 +9,17 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from kq._admin import Cluster
-from kq._cli_config import ENV, ConfigError, client_config, quiet_rdkafka_logger
+from kq._cli_config import (
+    ENV,
+    ConfigError,
+    client_config,
+    is_secret_setting,
+    parse_pairs,
+    quiet_rdkafka_logger,
+)
 from kq._cli_errors import one_line
 
 P = ParamSpec("P")
@@ -127,7 +135,38 @@ def connection(
         config = client_config(client_settings, client_config_file)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+    secret_pairs = sorted(
+        {k for k in parse_pairs(client_settings) if is_secret_setting(k)}
+        if _from_command_line("client_settings")
+        else set()
+    )
+    if secret_pairs:
+        _warn_visible(f"-X {', '.join(secret_pairs)}", ENV["client_config_file"])
+    warn_if_on_command_line("signing_keys", "--signing-key", ENV["signing_keys"])
+    warn_if_on_command_line("signing_key", "--signing-key", ENV["signing_key"])
     return Connection(bootstrap.strip(), config, connect_timeout, verbose)
+
+
+def _from_command_line(param: str) -> bool:
+    context = click.get_current_context(silent=True)
+    if context is None or not context.params.get(param):
+        return False
+    return context.get_parameter_source(param) is ParameterSource.COMMANDLINE
+
+
+def _warn_visible(what: str, instead: str) -> None:
+    context = click.get_current_context()
+    click.echo(
+        f"{context.command_path}: warning: {what} on the command line can be read by every user"
+        f" of this machine (ps, /proc/PID/cmdline); use {instead} instead",
+        err=True,
+    )
+
+
+def warn_if_on_command_line(param: str, flag: str, instead: str) -> None:
+    """Warn on stderr when the secret option ``param`` came from the command line."""
+    if _from_command_line(param):
+        _warn_visible(flag, instead)
 
 
 def retry_options(func: Callable[P, R]) -> Callable[P, R]:
@@ -187,3 +226,24 @@ def console() -> Any:
     from rich.console import Console
 
     return Console(soft_wrap=False)
+
+
+def safe_text(text: str, *, multiline: bool = False, limit: int | None = None) -> str:
+    """Untrusted text made inert on a terminal.
+
+    Every character that is not printable (ESC and the other control
+    characters, carriage returns, bidi overrides, ...) is shown as its Python
+    escape, so no escape sequence reaches the terminal; ``multiline`` keeps
+    newlines and tabs. Print the result as plain text (``click.echo`` or a
+    rich ``Text``), never as rich markup.
+    """
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
+    if text.isprintable():
+        return text
+    return "".join(
+        ch
+        if ch.isprintable() or (multiline and ch in "\n\t")
+        else ch.encode("unicode_escape", errors="backslashreplace").decode("ascii")
+        for ch in text
+    )

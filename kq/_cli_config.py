@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
+from kq._private_files import read_text_and_mode
 from kq.errors import KQError
 
-__all__ = ["ENV", "ConfigError", "client_config", "parse_pairs", "quiet_rdkafka_logger"]
+__all__ = [
+    "ENV",
+    "ConfigError",
+    "client_config",
+    "is_secret_setting",
+    "parse_pairs",
+    "quiet_rdkafka_logger",
+]
 
 # option name -> environment variable, documented in the README in one table
 ENV: Mapping[str, str] = {
@@ -45,35 +53,74 @@ ENV: Mapping[str, str] = {
 }
 
 _KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# librdkafka settings that hold a secret (passwords, private keys, OAuth secrets).
+_SECRET_WORDS = ("password", "secret", "private", "key.pem", "jaas", "oauthbearer.config")
 
 
 class ConfigError(KQError):
     """A setting given to the ``kq`` command is malformed."""
 
 
+def is_secret_setting(key: str) -> bool:
+    """Whether a client setting's value is a secret (``sasl.password``, ``ssl.key.pem``, ...)."""
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
 def parse_pairs(pairs: Iterable[str], source: str = "-X") -> dict[str, str]:
-    """``["a.b=1", "c=x=y"]`` -> ``{"a.b": "1", "c": "x=y"}``; a malformed pair is an error."""
+    """``["a.b=1", "c=x=y"]`` -> ``{"a.b": "1", "c": "x=y"}``; a malformed pair is an error.
+
+    The error names the pair by its number (and its key when it has one), never
+    its text: a value may be a password.
+    """
     out: dict[str, str] = {}
-    for pair in pairs:
+    for number, pair in enumerate(pairs, 1):
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not _KEY.match(key):
-            raise ConfigError(f"{source} expects key=value (a Kafka client setting), not {pair!r}")
+            raise ConfigError(
+                f"{source} expects key=value (a Kafka client setting); pair {number} {_why(sep)}"
+            )
         out[key] = value
     return out
 
 
+def _why(sep: str) -> str:
+    # Never the text itself: a malformed line may well hold a password.
+    if not sep:
+        return "has no '=' (its text is not shown: it may hold a secret)"
+    return "has no setting name before '=' (letters, digits, '.', '_', '-')"
+
+
 def _read_properties(path: str) -> dict[str, str]:
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read client config file {path!r}: {exc.strerror}") from exc
-    lines = [
-        line.strip()
-        for line in text.splitlines()
-        if line.strip() and not line.lstrip().startswith(("#", "!"))
-    ]
-    return parse_pairs(lines, source=f"client config file {path!r}")
+        text, mode = read_text_and_mode(path, "client config file")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    config: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith(("#", "!")):
+            continue
+        key, sep, value = line.strip().partition("=")
+        key = key.strip()
+        if not sep or not _KEY.match(key):
+            raise ConfigError(
+                f"client config file {path!r} expects key=value lines (Kafka client settings);"
+                f" line {number} {_why(sep)}"
+            )
+        config[key] = value
+    secrets = sorted(k for k in config if is_secret_setting(k))
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"client config file {path!r} is writable by other users (mode"
+            f" {stat.S_IMODE(mode):04o}): they could redirect kq's clients; chmod 600 it"
+        )
+    if secrets and mode & (stat.S_IRGRP | stat.S_IROTH):
+        raise ConfigError(
+            f"client config file {path!r} holds {', '.join(secrets)} and other users can read"
+            f" it (mode {stat.S_IMODE(mode):04o}); chmod 600 it"
+        )
+    return config
 
 
 def client_config(pairs: Iterable[str], file: str | None) -> dict[str, str]:

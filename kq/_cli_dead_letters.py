@@ -20,6 +20,7 @@ from kq._cli_common import (
     friendly,
     ms_to_iso,
     parse_position,
+    safe_text,
 )
 from kq._cli_config import ENV
 from kq._progress import progress
@@ -32,10 +33,25 @@ def dead_letters() -> None:
     A job that failed its last attempt of a retry policy is kept, unchanged,
     in TOPIC.kq-dead. Kafka cannot delete single records: re-enqueued letters
     stay in the log; use --since to skip what you have handled.
+
+    Letters are never deserialized here: a job is read as data (JSON jobs) or
+    its pickle's opcodes are walked without running them; everything shown is
+    what the bytes claim. With --signing-key each letter's signature is checked
+    and only validly signed letters are re-enqueued.
     """
 
 
 def _dead_letter_options(func: Callable[P, R]) -> Callable[P, R]:
+    func = click.option(
+        "--signing-key",
+        "signing_keys",
+        multiple=True,
+        envvar=ENV["signing_keys"],
+        metavar="SECRET",
+        help="the workers' signing secret(s): check each letter's signature; requeue only"
+        f" validly signed ones (arguments are visible to other users) [env {ENV['signing_keys']},"
+        " space-separated]",
+    )(func)
     func = click.option(
         "--dead-letter-topic",
         envvar=ENV["dead_letter_topic"],
@@ -44,7 +60,9 @@ def _dead_letter_options(func: Callable[P, R]) -> Callable[P, R]:
     return connection_options(func)
 
 
-def _letters_api(conn: Connection, topic: str, dead_letter_topic: str | None) -> Any:
+def _letters_api(
+    conn: Connection, topic: str, dead_letter_topic: str | None, signing_keys: Sequence[str]
+) -> Any:
     from kq.dead_letters import DeadLetters
 
     with conn.cluster() as cluster:
@@ -55,28 +73,24 @@ def _letters_api(conn: Connection, topic: str, dead_letter_topic: str | None) ->
         dead_letter_topic_name=dead_letter_topic,
         config=conn.quiet_config(),
         delivery_timeout=30.0,
+        signing_keys=list(signing_keys) or None,
     )
 
 
-def _describe_job(letter: Any) -> tuple[str | None, str]:
-    """(job id, call) of a dead letter; the call says so when the job cannot be loaded."""
-    from kq._calls import call_repr
-
-    try:
-        job = letter.job()
-        return job.id, call_repr(job.func, job.args or (), job.kwargs or {})
-    except Exception as exc:
-        return None, f"<cannot load the job: {type(exc).__name__}: {exc}>"
-
-
 def _letter_dict(letter: Any, full: bool = False) -> dict[str, Any]:
-    job_id, call = _describe_job(letter)
+    """A letter as data; every text in it is untrusted (escape it before printing)."""
+    job = letter.describe()
     data: dict[str, Any] = {
         "position": f"{letter.partition}:{letter.offset}",
         "partition": letter.partition,
         "offset": letter.offset,
-        "job_id": job_id,
-        "call": call,
+        "job_id": job.job_id,
+        "call": job.call,
+        "format": job.format,
+        "size": job.size,
+        "sha256": job.sha256,
+        "signature": letter.signature,
+        "problems": list(letter.problems),
         "source": f"{letter.source_topic}/{letter.source_partition}/{letter.source_offset}",
         "status": letter.status,
         "attempts": letter.attempts,
@@ -114,10 +128,11 @@ def dead_letters_list(
     limit: int,
     since: tuple[str, ...],
     as_json: bool,
+    signing_keys: tuple[str, ...],
 ) -> int:
-    """List TOPIC's dead letters, oldest first per partition."""
+    """List TOPIC's dead letters, oldest first per partition (read as data, never run)."""
     conn = connection(bootstrap, client_settings, client_config_file, connect_timeout, verbose)
-    api = _letters_api(conn, topic, dead_letter_topic)
+    api = _letters_api(conn, topic, dead_letter_topic, signing_keys)
     letters = [
         _letter_dict(x) for x in api.list(limit=limit, since=_since(since), timeout=conn.timeout)
     ]
@@ -125,24 +140,35 @@ def dead_letters_list(
         click.echo(json.dumps(letters, indent=2))
         return 0
     if not letters:
-        click.echo(f"no dead letters in {api.dead_topic}")
+        click.echo(safe_text(f"no dead letters in {api.dead_topic}"))
         return 0
     from rich.table import Table
+    from rich.text import Text
 
     table = Table()
-    for column in ("at", "job", "status", "attempts", "first enqueued", "error"):
+    columns = ["at", "job", "status", "attempts", "first enqueued", "error"]
+    if signing_keys:
+        columns.insert(2, "signature")
+    for column in columns:
         table.add_column(column, overflow="fold")
     for x in letters:
-        table.add_row(
-            x["position"],
-            f"{x['call'][:60]}\n{x['job_id'] or '?'}",
-            x["status"],
-            str(x["attempts"]),
-            x["first_enqueued"],
-            x["error"][:80],
-        )
+        # Text objects: untrusted text is never read as rich markup.
+        error = Text(safe_text(x["error"], limit=80))
+        if x["problems"]:
+            error = Text("malformed: " + safe_text("; ".join(x["problems"]), limit=120), "red")
+        cells = [
+            Text(x["position"]),
+            Text(f"{safe_text(x['call'], limit=60)}\n{safe_text(x['job_id'] or '?', limit=64)}"),
+            Text(safe_text(x["status"], limit=20)),
+            Text(str(x["attempts"] if x["attempts"] is not None else "?")),
+            Text(x["first_enqueued"]),
+            error,
+        ]
+        if signing_keys:
+            cells.insert(2, Text(safe_text(x["signature"], limit=40)))
+        table.add_row(*cells)
     out = console()
-    out.print(f"dead letters of {topic} ({api.dead_topic})", highlight=False)
+    out.print(Text(safe_text(f"dead letters of {topic} ({api.dead_topic})")))
     out.print(table)
     return 0
 
@@ -163,11 +189,12 @@ def dead_letters_show(
     connect_timeout: float,
     verbose: bool,
     as_json: bool,
+    signing_keys: tuple[str, ...],
 ) -> int:
-    """Show one dead letter in full, with its traceback."""
+    """Show one dead letter in full, with its traceback (read as data, never run)."""
     conn = connection(bootstrap, client_settings, client_config_file, connect_timeout, verbose)
     partition, offset = parse_position(position)
-    api = _letters_api(conn, topic, dead_letter_topic)
+    api = _letters_api(conn, topic, dead_letter_topic, signing_keys)
     try:
         letter = api.get(partition, offset, timeout=conn.timeout)
     except LookupError as exc:
@@ -176,11 +203,16 @@ def dead_letters_show(
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return 0
-    for name in ("position", "job_id", "call", "source", "status", "attempts", "first_enqueued",
-                 "key", "error"):  # fmt: skip
-        click.echo(f"{name:15} {data[name]}")
+    for name in ("position", "job_id", "call", "format", "size", "sha256", "signature", "source",
+                 "status", "attempts", "first_enqueued", "key", "error"):  # fmt: skip
+        click.echo(f"{name:15} {safe_text(str(data[name]))}")
+    for problem in data["problems"]:
+        click.echo(f"{'malformed':15} {safe_text(problem)}")
+    click.echo("headers:")
+    for key, value in data["headers"].items():
+        click.echo(f"  {safe_text(key)}: {safe_text(value, limit=500)}")
     click.echo("traceback:")
-    click.echo(data["traceback"].rstrip() or "-")
+    click.echo(safe_text(data["traceback"].rstrip(), multiline=True) or "-")
     return 0
 
 
@@ -208,6 +240,7 @@ def dead_letters_requeue(
     since: tuple[str, ...],
     target: str | None,
     yes: bool,
+    signing_keys: tuple[str, ...],
 ) -> int:
     """Enqueue dead letters again, each with a fresh set of attempts.
 
@@ -218,17 +251,15 @@ def dead_letters_requeue(
     if bool(positions) == all_:
         raise click.UsageError("give PARTITION:OFFSET positions or --all (not both)")
     wanted = [parse_position(p) for p in positions]
-    api = _letters_api(conn, topic, dead_letter_topic)
+    api = _letters_api(conn, topic, dead_letter_topic, signing_keys)
     if target is not None:
         with conn.cluster() as cluster:
             cluster.partitions(target)
     if all_:
         letters = api.list(limit=limit, since=_since(since), timeout=conn.timeout)
         if not letters:
-            click.echo(f"no dead letters in {api.dead_topic}")
+            click.echo(safe_text(f"no dead letters in {api.dead_topic}"))
             return 0
-        if not yes:
-            click.confirm(f"Re-enqueue {len(letters)} dead letters?", abort=True, err=True)
     else:
         letters = []
         for partition, offset in wanted:
@@ -236,11 +267,26 @@ def dead_letters_requeue(
                 letters.append(api.get(partition, offset, timeout=conn.timeout))
             except LookupError as exc:
                 fail(str(exc))
-    with progress("requeue", len(letters)) as advance:
-        for letter in letters:
+    good = [x for x in letters if not api.refusal(x)]
+    for letter in letters:
+        if api.refusal(letter):
+            click.echo(
+                f"{letter.partition}:{letter.offset} not requeued: "
+                + safe_text(api.refusal(letter), limit=300),
+                err=True,
+            )
+    if good and all_ and not yes:
+        click.confirm(f"Re-enqueue {len(good)} dead letters?", abort=True, err=True)
+    with progress("requeue", len(good)) as advance:
+        for letter in good:
             api.requeue(letter, topic=target)
-            job_id, _ = _describe_job(letter)
             destination = target or letter.source_topic or topic
-            click.echo(f"{letter.partition}:{letter.offset} -> {destination} {job_id or '?'}")
+            job_id = letter.describe().job_id or "?"
+            click.echo(
+                f"{letter.partition}:{letter.offset} -> {safe_text(destination)}"
+                f" {safe_text(job_id, limit=64)}"
+            )
             advance(1)
+    if len(good) < len(letters):
+        fail(f"{len(letters) - len(good)} of {len(letters)} dead letters not requeued (see above)")
     return 0

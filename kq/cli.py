@@ -100,7 +100,7 @@ for command in (enqueue, info, dead_letters, replay, topic):
     envvar=ENV["json_jobs"],
     metavar="MODULE[:FUNC]",
     help="read jobs as JSON (kq.json_jobs) and run only these functions (a module allows"
-    f" all of its public ones); repeatable [env {ENV['json_jobs']}]",
+    f" the public functions and classes defined in it); repeatable [env {ENV['json_jobs']}]",
 )
 @click.option(
     "--signing-key",

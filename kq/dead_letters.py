@@ -9,23 +9,33 @@ attempts; note the offsets you have handled, or use ``since``.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kq._letter_view import JobSummary, summarize
 from kq._producer import Record, adapt_producer, raise_for
 from kq.retry import H_ATTEMPT, H_ERROR, H_FIRST, H_SOURCE, H_STATUS, H_TRACEBACK
 from kq.schedule import dead_letter_topic
 from kq.serialization import loads
+from kq.signing import SIGNATURE_HEADER, Verifier
 
 __all__ = ["DeadLetter", "DeadLetters"]
 
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """One dead-lettered job, as found in the dead-letter topic."""
+    """One dead-lettered job, as found in the dead-letter topic.
+
+    Everything here is untrusted unless ``signature == "valid"``: whoever can
+    write to the dead-letter topic (or to the job topic, whose failed jobs land
+    here) chose the value and the headers. Reading a letter never deserializes
+    it; ``describe()`` tells what the job claims to be, as data. A header that
+    cannot be read is named in ``problems`` (the field keeps a neutral value).
+    """
 
     partition: int
     offset: int
@@ -33,43 +43,115 @@ class DeadLetter:
     value: bytes
     """The job's record value exactly as first enqueued."""
     source_topic: str
+    """Where the job was when it failed (``""`` when ``kq-source`` is missing or malformed)."""
     source_partition: int
     source_offset: int
     status: str
     """The outcome of the last attempt: ``failure`` or ``timeout``."""
     error: str
     traceback: str
-    attempts: int
+    attempts: int | None
+    """Attempts made (``None`` when ``kq-attempt`` is malformed)."""
     first_enqueued_ms: int | None
     headers: Mapping[str, bytes] = field(repr=False, default_factory=dict)
+    problems: tuple[str, ...] = ()
+    """Malformed headers, one text each; empty for a well-formed letter."""
+    signature: str = "unchecked"
+    """``valid``, ``unchecked`` (no ``signing_keys`` given) or why the signature is refused."""
+
+    def describe(self) -> JobSummary:
+        """The job's format, id and call read from its bytes as data (nothing is run)."""
+        return summarize(self.value)
 
     def job(self, deserializer: Callable[[bytes], Any] = loads) -> Any:
-        """The job object (deserialized with dill-compatible ``loads`` by default)."""
+        """The job object, deserialized: an explicit opt-in that can run code.
+
+        With the default (dill-compatible ``loads``) unpickling runs whatever
+        code the bytes name, and anyone who could write to the dead-letter or
+        job topic chose those bytes. Call it only for a letter whose
+        ``signature`` is ``"valid"``, or pass a deserializer that cannot run
+        code (``kq.json_jobs.JsonJobLoader(allow=[...])``). ``describe()`` is
+        the safe way to look at a letter.
+        """
         return deserializer(self.value)
 
 
+_STATUSES = frozenset({"failure", "timeout"})
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def _text(headers: Mapping[str, bytes], name: str, default: str, problems: list[str]) -> str:
+    raw = headers.get(name)
+    if raw is None:
+        return default
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        problems.append(f"{name} is not UTF-8")
+        return raw.decode(errors="replace")
+
+
+def _number(headers: Mapping[str, bytes], name: str, problems: list[str]) -> int | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    if raw.isdigit() and len(raw) < 20:
+        return int(raw)
+    problems.append(f"malformed {name} header {raw[:40]!r}")
+    return None
+
+
+def _source(raw: bytes | None, problems: list[str]) -> tuple[str, int, int]:
+    if raw is None:
+        return "", -1, -1
+    topic, _, offset = raw.rpartition(b"/")
+    topic, _, partition = topic.rpartition(b"/")
+    name = topic.decode(errors="replace")
+    if (
+        not _TOPIC_NAME.fullmatch(name)
+        or not partition.isdigit()
+        or not offset.isdigit()
+        or max(len(partition), len(offset)) > 19
+    ):
+        problems.append(f"malformed {H_SOURCE} header {raw[:80]!r}")
+        return "", -1, -1
+    return name, int(partition), int(offset)
+
+
 def _letter(
-    partition: int, offset: int, key: bytes | None, value: bytes, headers: Any
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes,
+    headers: Any,
+    signature: str = "unchecked",
 ) -> DeadLetter:
     h = {k: v for k, v in (headers or []) if v is not None}
-    source = h.get(H_SOURCE, b"//").decode(errors="replace")
-    src_topic, _, rest = source.rpartition("/")
-    src_topic, _, src_partition = src_topic.rpartition("/")
-    first = h.get(H_FIRST)
+    problems: list[str] = []
+    src_topic, src_partition, src_offset = _source(h.get(H_SOURCE), problems)
+    status = _text(h, H_STATUS, "failure", problems)
+    if status not in _STATUSES:
+        problems.append(f"unknown {H_STATUS} {status[:40]!r}")
+    attempts = _number(h, H_ATTEMPT, problems) if H_ATTEMPT in h else 1
+    if attempts == 0:
+        problems.append(f"malformed {H_ATTEMPT} header b'0'")
+        attempts = None
     return DeadLetter(
         partition=partition,
         offset=offset,
         key=key,
         value=value,
         source_topic=src_topic,
-        source_partition=int(src_partition) if src_partition.isdigit() else -1,
-        source_offset=int(rest) if rest.isdigit() else -1,
-        status=h.get(H_STATUS, b"failure").decode(errors="replace"),
-        error=h.get(H_ERROR, b"").decode(errors="replace"),
-        traceback=h.get(H_TRACEBACK, b"").decode(errors="replace"),
-        attempts=int(h.get(H_ATTEMPT, b"1")),
-        first_enqueued_ms=int(first) if first else None,
+        source_partition=src_partition,
+        source_offset=src_offset,
+        status=status,
+        error=_text(h, H_ERROR, "", problems),
+        traceback=_text(h, H_TRACEBACK, "", problems),
+        attempts=attempts,
+        first_enqueued_ms=_number(h, H_FIRST, problems),
         headers=h,
+        problems=tuple(problems),
+        signature=signature,
     )
 
 
@@ -89,7 +171,12 @@ def _watermarks(consumer: Any, partition: Any, timeout: float) -> tuple[int, int
 
 
 class DeadLetters:
-    """The dead letters of one job topic: list, inspect and re-enqueue them."""
+    """The dead letters of one job topic: list, inspect and re-enqueue them.
+
+    With ``signing_keys`` (the workers' secrets) each letter's signature is
+    checked for the job topic, and ``requeue`` refuses letters whose signature
+    is not valid.
+    """
 
     def __init__(
         self,
@@ -99,7 +186,9 @@ class DeadLetters:
         dead_letter_topic_name: str | None = None,
         config: Mapping[str, Any] | None = None,
         delivery_timeout: float = 30.0,
+        signing_keys: bytes | str | Sequence[bytes | str] | None = None,
     ) -> None:
+        self._verifier = None if signing_keys is None else Verifier(signing_keys)
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.dead_topic = dead_letter_topic_name or dead_letter_topic(topic)
@@ -150,12 +239,29 @@ class DeadLetters:
                     partition, offset = m.partition(), m.offset()
                     if m.error() is not None or partition not in ends or offset is None:
                         continue
-                    out.append(_letter(partition, offset, m.key(), m.value() or b"", m.headers()))
+                    value = m.value() or b""
+                    out.append(self._read(partition, offset, m.key(), value, m.headers()))
                     if offset + 1 >= ends[partition]:
                         del ends[partition]
             return out[:limit]
         finally:
             consumer.close()
+
+    def _read(
+        self, partition: int, offset: int, key: bytes | None, value: bytes, headers: Any
+    ) -> DeadLetter:
+        signature = "unchecked"
+        if self._verifier is not None:
+            sig = next((v for k, v in headers or [] if k == SIGNATURE_HEADER), None)
+            signature = self._verifier.problem(self.topic, key, value, sig) or "valid"
+        return _letter(partition, offset, key, value, headers, signature)
+
+    def refusal(self, letter: DeadLetter) -> str:
+        """Why ``requeue`` refuses ``letter`` (malformed, or not validly signed), or ``""``."""
+        reasons = list(letter.problems)
+        if self._verifier is not None and letter.signature != "valid":
+            reasons.append(letter.signature)
+        return "; ".join(reasons)
 
     def get(self, partition: int, offset: int, timeout: float = 10.0) -> DeadLetter:
         """The dead letter at ``partition``/``offset``; ``LookupError`` if there is none."""
@@ -164,11 +270,19 @@ class DeadLetters:
                 return letter
         raise LookupError(f"no dead letter at {self.dead_topic}/{partition}/{offset}")
 
-    def requeue(self, letter: DeadLetter, topic: str | None = None) -> None:
+    def requeue(self, letter: DeadLetter, topic: str | None = None, *, force: bool = False) -> None:
         """Send the job back (to its source topic, or ``topic``) for a fresh set of attempts.
 
-        Durable on return; raises ``kq.EnqueueError`` otherwise.
+        Durable on return; raises ``kq.EnqueueError`` otherwise. A letter with
+        malformed headers, or one whose signature is not valid when
+        ``signing_keys`` were given, is refused with ``ValueError`` unless ``force``.
         """
+        refusal = self.refusal(letter)
+        if refusal and not force:
+            raise ValueError(
+                f"dead letter {self.dead_topic}/{letter.partition}/{letter.offset}"
+                f" not requeued: {refusal}"
+            )
         target = topic or letter.source_topic or self.topic
         headers = tuple(
             (k, v)

@@ -4,10 +4,11 @@
 JSON object; its function is named by import path (``module:qualname``) and
 its arguments are limited to JSON data (``None``, ``bool``, ``int``, finite
 ``float``, ``str``, lists, and dicts with ``str`` keys; tuples become lists).
-A worker reads it with ``JsonJobLoader(allow=[...])``, which imports and runs
-only functions of the modules (``"myapp.tasks"``, which includes its
-submodules) or the exact names (``"myapp.tasks:send_mail"``) allowed, and
-refuses anything else before importing it.
+A worker reads it with ``JsonJobLoader(allow=[...])``, which runs only
+functions and classes *defined* in the modules allowed (``"myapp.tasks"``, which
+includes its public submodules) or named exactly (``"myapp.tasks:send_mail"``),
+and refuses anything else before importing it: a name the allowed module merely
+imported (``myapp.tasks:os.system``) is not one of its functions.
 
 ::
 
@@ -18,13 +19,13 @@ refuses anything else before importing it.
 from __future__ import annotations
 
 import base64
-import importlib
 import json
 import math
 from collections.abc import Iterable
 from typing import Any
 
 from kq._checks import fail_type, fail_value
+from kq._json_resolve import check_entry, is_allowed, resolve
 from kq.job import Job
 
 __all__ = ["JsonJobLoader", "dumps"]
@@ -86,32 +87,41 @@ def dumps(job: Job) -> bytes:
 class JsonJobLoader:
     """Reads ``dumps`` output into a Job, resolving only allowed functions.
 
-    Every refusal is a ``ValueError`` saying why: the worker reports the
-    message as ``invalid``. ``max_bytes`` refuses larger payloads before parsing.
+    ``allow`` holds module names (every function or class defined in that
+    module or one of its public submodules) and exact ``module:qualname``
+    names. A function is found only in the ``__dict__`` of the module that
+    defines it (or of a class defined there), never through another module or
+    attribute; nothing outside the allow-list is imported. Every refusal is a
+    ``ValueError`` saying why: the worker reports the message as ``invalid``.
+    ``max_bytes`` refuses larger payloads before parsing; arguments nested
+    deeper than 32 levels and non-finite numbers (``NaN``, ``Infinity``,
+    ``1e999``) are refused as well.
     """
 
     def __init__(self, allow: Iterable[str], max_bytes: int = 1 << 20) -> None:
         entries = [allow] if isinstance(allow, str) else list(allow)
         if not entries or not all(isinstance(e, str) and e for e in entries):
             fail_value("allow must be a non-empty list of module names or module:function names")
+        for entry in entries:
+            problem = check_entry(entry)
+            if problem:
+                fail_value(f"allow entry {entry!r}: {problem}")
         if not isinstance(max_bytes, int) or max_bytes < 1:
             fail_type("max_bytes must be an int, 1 or greater")
         self._modules = tuple(e for e in entries if ":" not in e)
         self._names = frozenset(e for e in entries if ":" in e)
         self._max_bytes = max_bytes
+        self._resolved: dict[str, Any] = {}  # only paths that resolved: bounded by the code
 
     def allowed(self, path: str) -> bool:
-        """Whether ``module:qualname`` may be imported and run."""
-        if path in self._names:
-            return True
-        module = path.partition(":")[0]
-        return any(module == m or module.startswith(m + ".") for m in self._modules)
+        """Whether ``module:qualname`` is on the allow-list (checked without importing)."""
+        return is_allowed(path, self._modules, self._names)
 
     def __call__(self, data: bytes) -> Job:
         if len(data) > self._max_bytes:
             raise ValueError(f"payload of {len(data)} bytes exceeds max_bytes={self._max_bytes}")
         try:
-            document = json.loads(data)
+            document = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite)
         except (ValueError, RecursionError) as exc:
             raise ValueError(f"not a JSON job: {exc}") from None
         if not isinstance(document, dict) or document.get("format") != _FORMAT:
@@ -121,10 +131,17 @@ class JsonJobLoader:
             raise ValueError(f"func must be 'module:qualname', not {path!r}")
         if not self.allowed(path):
             raise ValueError(f"function {path!r} is not allowed on this worker")
-        func = self._resolve(path)
+        func = self._resolved.get(path)
+        if func is None:
+            func = self._resolved[path] = resolve(path)
         args, kwargs = document.get("args", []), document.get("kwargs", {})
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise ValueError("args must be a list and kwargs an object")
+        try:
+            _check_data(args, "args")
+            _check_data(kwargs, "kwargs")
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
         key = document.get("key")
         try:
             raw_key = None if key is None else base64.b64decode(key, validate=True)
@@ -151,18 +168,13 @@ class JsonJobLoader:
             partition=document.get("partition"),
         )
 
-    @staticmethod
-    def _resolve(path: str) -> Any:
-        module_name, qualname = path.split(":")
-        parts = qualname.split(".")
-        if not module_name or not all(p.isidentifier() and not p.startswith("_") for p in parts):
-            raise ValueError(f"func {path!r} is not a public module:qualname")
-        try:
-            target: Any = importlib.import_module(module_name)
-            for part in parts:
-                target = getattr(target, part)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"cannot import {path!r}: {exc}") from None
-        if not callable(target):
-            raise ValueError(f"{path!r} is not callable")
-        return target
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is not a finite number")
+    return value

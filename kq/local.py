@@ -16,8 +16,8 @@ about 40% faster.
 ``LocalKafka(..., auth=LocalAuth(...))`` starts it with SASL/SCRAM logins and
 ACLs instead of an open PLAINTEXT listener (see ``LocalAuth``).
 
-``python -m kq.local [--nodes 1|3] [--auth] [--user NAME=PASSWORD ...]`` runs
-one in the foreground until Ctrl-C.
+``python -m kq.local [--nodes 1|3] [--auth] [--users-file PATH]`` runs one in
+the foreground until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -59,6 +59,10 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 from confluent_kafka.cimpl import NewTopic
+
+from kq._local_users import credentials_from_arguments
+from kq._private_files import PRIVATE_UMASK, append_private, private_dir, write_private
+from kq.schedule import delay_topic_prefix, forwarder_group
 
 __all__ = [
     "KAFKA_VERSION",
@@ -828,15 +832,50 @@ class LocalKafka:
             time.sleep(_ACL_SETTLE)
 
     def grant_producer(
-        self, principal: str, topic: str, *, prefixed: bool = False, timeout: float = 30.0
+        self,
+        principal: str,
+        topic: str,
+        *,
+        prefixed: bool = False,
+        delay: bool = False,
+        timeout: float = 30.0,
     ) -> None:
         """Let ``principal`` write to ``topic``: ``WRITE`` and ``DESCRIBE`` (kafka-acls --producer).
 
         Idempotent producers (kq's default with confluent-kafka) need nothing more
         since Kafka 3.0 (KIP-679: ``WRITE`` on a topic implies ``IDEMPOTENT_WRITE``).
+        ``delay=True`` adds what ``using(delay=/eta=)`` needs: ``CREATE``,
+        ``WRITE`` and ``DESCRIBE`` on the delay tiers (prefix ``<topic>.kq-delay-``)
+        and nothing else: not the dead-letter topic ``<topic>.kq-dead``.
         """
         operations = ["WRITE", "DESCRIBE"]
         self.grant(principal, operations, topic=topic, prefixed=prefixed, timeout=timeout)
+        if delay:
+            tiers = delay_topic_prefix(topic)
+            self.grant(
+                principal, ["CREATE", *operations], topic=tiers, prefixed=True, timeout=timeout
+            )
+
+    def grant_worker(
+        self, principal: str, topic: str, group: str, *, timeout: float = 30.0
+    ) -> None:
+        """Let ``principal`` run a kq worker of ``topic`` in ``group``, retries and delays included.
+
+        ``READ``, ``WRITE`` (due retries come home) and ``DESCRIBE`` on the
+        topic; ``READ``, ``WRITE``, ``DESCRIBE`` and ``CREATE`` on the prefix
+        ``<topic>.kq-`` (delay tiers and dead letters); ``READ`` on the group
+        and on the delay forwarder's group ``<group>.kq-delay``.
+        """
+        self.grant(principal, ["READ", "WRITE", "DESCRIBE"], topic=topic, timeout=timeout)
+        self.grant(
+            principal,
+            ["READ", "WRITE", "DESCRIBE", "CREATE"],
+            topic=f"{topic}.kq-",
+            prefixed=True,
+            timeout=timeout,
+        )
+        self.grant(principal, "READ", group=group, timeout=timeout)
+        self.grant(principal, "READ", group=forwarder_group(group), timeout=timeout)
 
     def grant_consumer(
         self,
@@ -1048,23 +1087,24 @@ class LocalKafka:
 
     def _prepare(self) -> None:
         if self._workdir is None:
-            self._root = Path(tempfile.mkdtemp(prefix="kq-kafka-"))
+            self._root = Path(tempfile.mkdtemp(prefix="kq-kafka-"))  # 0700
             self._owns_root = True
         else:
             self._root = self._workdir
-            self._root.mkdir(parents=True, exist_ok=True)
+            if not self._root.exists():
+                private_dir(self._root)  # a folder the caller already had keeps its mode
         ports = _free_ports(2 * self._count)
         for node_id in self.node_ids:
-            home = self._root / f"node-{node_id}"
-            home.mkdir(exist_ok=True)
+            # Private: server.properties holds the admin's password, the data
+            # the users' SCRAM keys (a salted key lets its holder log in).
+            home = private_dir(self._root / f"node-{node_id}")
             self._nodes[node_id] = _Node(
                 node_id, ports[2 * node_id - 2], ports[2 * node_id - 1], home
             )
         for node in self._nodes.values():
             lines = [f"{key}={value}" for key, value in self._server_properties(node).items()]
-            node.config_path.write_text("\n".join(lines) + "\n")
-            if self._auth is not None:
-                node.config_path.chmod(0o600)  # it holds the admin's password
+            write_private(node.config_path, "\n".join(lines) + "\n")
+            private_dir(node.data_dir)
 
     def _server_properties(self, node: _Node) -> dict[str, str]:
         replicas = str(min(self._count, 3))
@@ -1147,6 +1187,7 @@ class LocalKafka:
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT,
+                        umask=PRIVATE_UMASK,
                     ),
                 )
                 for node in pending
@@ -1203,7 +1244,7 @@ class LocalKafka:
         ]
         read_end, write_end = os.pipe()
         try:
-            with open(node.log_path, "ab") as log:
+            with append_private(node.log_path) as log:
                 node.log_start = log.tell()
                 watchdog = subprocess.Popen(
                     [sys.executable, "-I", "-S", "-c", _WATCHDOG, *command],
@@ -1214,6 +1255,7 @@ class LocalKafka:
                     # Out of our process group: a terminal's Ctrl-C is ours to
                     # handle, not the brokers'.
                     start_new_session=True,
+                    umask=PRIVATE_UMASK,  # the broker's files: others may not read them
                 )
         except BaseException:
             os.close(write_end)
@@ -1392,13 +1434,6 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _name_password(parser: argparse.ArgumentParser, text: str) -> tuple[str, str]:
-    name, separator, password = text.partition("=")
-    if not separator:
-        parser.error(f"expected NAME=PASSWORD, not {text!r}")
-    return name, password
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a local Kafka in the foreground until Ctrl-C or SIGTERM."""
     parser = argparse.ArgumentParser(
@@ -1412,20 +1447,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="SASL/SCRAM logins and ACLs (admin 'admin'/'admin-secret' unless --admin)",
     )
-    parser.add_argument("--admin", metavar="NAME=PASSWORD", help="the super user (implies --auth)")
+    parser.add_argument(
+        "--users-file",
+        metavar="PATH",
+        default=os.environ.get("KQ_LOCAL_USERS_FILE") or None,
+        help="SCRAM users, one NAME=PASSWORD per line, in a file only you can read (chmod 600);"
+        " the line of the --admin name (default 'admin') is the super user; implies --auth"
+        " [env KQ_LOCAL_USERS_FILE]",
+    )
+    parser.add_argument(
+        "--admin",
+        metavar="NAME",
+        help="the super user, its password in --users-file (NAME=PASSWORD works but is visible"
+        " to other users); implies --auth",
+    )
     parser.add_argument(
         "--user",
         metavar="NAME=PASSWORD",
         action="append",
         default=[],
-        help="a SCRAM user with no rights until granted (repeatable; implies --auth)",
+        help="a SCRAM user (repeatable; implies --auth); visible to every user of the machine:"
+        " prefer --users-file",
     )
     args = parser.parse_args(argv)
     auth: LocalAuth | None = None
-    if args.auth or args.admin or args.user:
+    if args.auth or args.admin or args.user or args.users_file:
         try:
-            users = dict(_name_password(parser, text) for text in args.user)
-            admin = _name_password(parser, args.admin) if args.admin else ("admin", "admin-secret")
+            admin, users = credentials_from_arguments(parser, args)
             auth = LocalAuth(admin=admin, users=users)
         except ValueError as exc:
             parser.error(str(exc))

@@ -43,9 +43,19 @@ _TIER_MS = {suffix: seconds * 1000 for suffix, seconds in TIERS}
 _DUE_SLACK_MS = 5  # a record this close to due is forwarded home rather than held again
 
 
+def delay_topic_prefix(topic: str) -> str:
+    """What the names of ``topic``'s delay tiers start with (producers' ACL prefix)."""
+    return f"{topic}.kq-delay-"
+
+
 def delay_topic(topic: str, suffix: str) -> str:
     """The delay tier ``suffix`` (e.g. ``"10s"``) of ``topic``."""
-    return f"{topic}.kq-delay-{suffix}"
+    return f"{delay_topic_prefix(topic)}{suffix}"
+
+
+def forwarder_group(group: str) -> str:
+    """The consumer group of the delay forwarder of the workers of ``group``."""
+    return f"{group}.kq-delay"
 
 
 def delay_topics(topic: str) -> list[str]:
@@ -125,7 +135,7 @@ class Forwarder:
     ) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
-        self._group = f"{group}.kq-delay"
+        self._group = forwarder_group(group)
         self._producer = producer
         self._logger = DELAY
         self._config = dict(config or {})

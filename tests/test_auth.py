@@ -313,18 +313,11 @@ def test_worker_with_retries_needs_only_its_topic_and_group_prefixes(
     as the queue's producer and the worker's consumer do: no login given twice."""
     topic, group = fresh("auth-retry"), fresh("g-auth-retry")
     secure_kafka.create_topic(topic)
-    secure_kafka.grant_producer("alice", topic)
-    secure_kafka.grant(
-        "alice", ["WRITE", "DESCRIBE", "CREATE"], topic=f"{topic}.kq-", prefixed=True
-    )
+    # The producer: its topic and the delay tiers (prefix <topic>.kq-delay-) only.
+    secure_kafka.grant_producer("alice", topic, delay=True)
     # The job topic (WRITE: the forwarder brings due retries home), the
     # delay-tier and dead-letter topics kq creates, and both consumer groups.
-    secure_kafka.grant("dave", ["READ", "WRITE", "DESCRIBE"], topic=topic)
-    secure_kafka.grant(
-        "dave", ["READ", "WRITE", "DESCRIBE", "CREATE"], topic=f"{topic}.kq-", prefixed=True
-    )
-    secure_kafka.grant("dave", "READ", group=group)
-    secure_kafka.grant("dave", "READ", group=f"{group}.kq-delay")
+    secure_kafka.grant_worker("dave", topic, group)
 
     queue = Queue.connect(
         secure_kafka.bootstrap_servers,
@@ -359,6 +352,62 @@ def test_worker_with_retries_needs_only_its_topic_and_group_prefixes(
     assert sorted(RAN) == ["delayed", "retried", "retried"]
     topics = secure_kafka.admin_client().list_topics(timeout=10).topics
     assert f"{topic}.kq-delay-1s" in topics and f"{topic}.kq-dead" in topics
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_recommended_producer_acls_allow_delays_but_not_dead_letters(
+    secure_kafka: LocalKafka, client: ClientName
+) -> None:
+    """A producer allowed ``delay=`` cannot write dead letters for the operator to read.
+
+    The ACLs recommended before (prefix ``<topic>.kq-``) let it: shown with ``carol``.
+    """
+    topic = fresh("auth-dead")
+    secure_kafka.create_topic(topic)
+    secure_kafka.create_topic(f"{topic}.kq-dead")
+    secure_kafka.grant_producer("alice", topic, delay=True)
+    queue = Queue.connect(
+        secure_kafka.bootstrap_servers,
+        topic,
+        client=client,
+        delivery_timeout=DELIVERY_TIMEOUT,
+        producer_config=credentials(secure_kafka, "alice", client),
+    )
+    forger = Queue.connect(
+        secure_kafka.bootstrap_servers,
+        f"{topic}.kq-dead",
+        client=client,
+        delivery_timeout=DELIVERY_TIMEOUT,
+        producer_config=credentials(secure_kafka, "alice", client),
+    )
+    try:
+        queue.enqueue(jobfuncs.add, 1, 1)
+        queue.using(delay=30).enqueue(jobfuncs.add, 2, 2)  # a delay tier: allowed
+        with pytest.raises(EnqueueError):
+            forger.enqueue(jobfuncs.add, 3, 3)
+    finally:
+        close_producer(queue)
+        close_producer(forger)
+    assert end_offset(secure_kafka, topic) == 1
+    assert end_offset(secure_kafka, f"{topic}.kq-dead") == 0
+    assert end_offset(secure_kafka, f"{topic}.kq-delay-10s") == 1
+
+    # the former recommendation, for contrast
+    secure_kafka.grant_producer("carol", topic)
+    secure_kafka.grant(
+        "carol", ["WRITE", "DESCRIBE", "CREATE"], topic=f"{topic}.kq-", prefixed=True
+    )
+    old = Queue.connect(
+        secure_kafka.bootstrap_servers,
+        f"{topic}.kq-dead",
+        client=client,
+        producer_config=credentials(secure_kafka, "carol", client),
+    )
+    try:
+        old.enqueue(jobfuncs.add, 4, 4)
+    finally:
+        close_producer(old)
+    assert end_offset(secure_kafka, f"{topic}.kq-dead") == 1
 
 
 @pytest.mark.parametrize("login", ["no-credentials", "wrong-password"])
