@@ -71,7 +71,8 @@ class OffsetTracker:
                 done[head] = left
             else:
                 del done[head]
-            part.safe = head + 1
+            # not past a second copy of the same offset that still runs
+            part.safe = head if pending and pending[0] == head else head + 1
 
     def abandoned(self, part: Generation, offset: int) -> None:
         """A started message will not finish here (discarded, or it must run again).
