@@ -205,6 +205,21 @@ def test_call_repr_never_raises() -> None:
     assert call_repr(len, (), {1: "x", "b": 2}) in ("builtins.len(1='x', b=2)",)
 
 
+def test_held_partitions_are_a_metric() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from kq.metrics import PrometheusObserver
+
+    registry = CollectorRegistry()
+    observer = PrometheusObserver("t", "g", registry=registry)
+    labels = {"topic": "t", "group": "g"}
+    assert registry.get_sample_value("kq_partitions_held", labels) == 0
+    observer.partitions_held([("t", 0), ("t", 3)])
+    assert registry.get_sample_value("kq_partitions_held", labels) == 2
+    observer.partitions_held([])
+    assert registry.get_sample_value("kq_partitions_held", labels) == 0
+
+
 # -- the worker against the fake adapter ------------------------------------------------
 
 
