@@ -67,6 +67,9 @@ class ConsumerAdapter(Protocol):
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
 
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Fetch ``tp`` from ``offset`` next (raises if the client refuses)."""
+
     def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool) -> None: ...
 
     def unsubscribe(self) -> None: ...
@@ -192,6 +195,11 @@ class _KafkaPythonConsumer:
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         self.client.resume(*self._tps(partitions))
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        from kafka import TopicPartition as KTP
+
+        self.client.seek(KTP(tp[0], tp[1]), offset)
 
     def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool) -> None:
         from kafka import OffsetAndMetadata, TopicPartition
@@ -346,6 +354,11 @@ class _ConfluentConsumer:
         tps = self._tps(partitions)
         if tps:
             self.client.resume(tps)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        from confluent_kafka import TopicPartition as CTP
+
+        self.client.seek(CTP(tp[0], tp[1], offset))
 
     def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool) -> None:
         from confluent_kafka import TopicPartition as CTP

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -13,6 +12,7 @@ from typing import Any
 
 import dill
 
+from kq import _signals
 from kq._checks import (
     check_callable_or_none,
     check_logger,
@@ -25,6 +25,7 @@ from kq._lanes import Lanes
 from kq._logs import CONSUMER, RUNTIME
 from kq._loop import EventLoopThread
 from kq._offsets import Generation, OffsetTracker
+from kq._pauses import Pauses
 from kq._retrying import RetryRouter
 from kq._runner import Callback, InvalidJob, MessageRunner, notify
 from kq.clients import ClientName, login_settings, make_consumer
@@ -34,9 +35,6 @@ from kq.serialization import loads as fast_loads
 from kq.signing import Verifier
 
 __all__ = ["Callback", "InvalidJob", "Worker"]
-
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
 
 # How long a worker at its in-flight cap waits for jobs to finish before it
 # pauses its partitions (and keeps polling, paused, to stay in the group).
@@ -120,16 +118,10 @@ class Worker:
         self._loop_thread = EventLoopThread()
         self._processed = 0
         self._commit_offsets = True
-        # Partitions: owned (per the rebalance callbacks; job threads read the
-        # set, so it is only updated in place), paused at the cap, held (a
-        # retry write keeps failing), and what kq has the client pause now.
+        # Owned per the rebalance callbacks (job threads read it: only ever
+        # updated in place), and paused at the cap or held by a failing retry write.
         self._owned: set[TopicPartition] = set()
-        self._paused = False
-        self._held: dict[TopicPartition, int] = {}
-        self._held_lock = threading.Lock()
-        self._held_reported: set[TopicPartition] = set()
-        self._paused_now: set[TopicPartition] = set()
-        self._pauses_dirty = False
+        self._pauses = Pauses(self._consumer, self._observe)
         self._revoked_since_dispatch = False
         self._runner = MessageRunner(
             logger=self._logger,
@@ -144,7 +136,7 @@ class Worker:
             abort=self._abort,
             loop=self._loop_thread,
             owns=self._owned.__contains__,
-            hold=self._hold,
+            hold=self._pauses.hold,
         )
         self._lanes = Lanes(concurrency, self._runner.process, self._on_finished)
 
@@ -278,11 +270,12 @@ class Worker:
             CONSUMER.info("Partitions assigned: %s", partitions)
         self._observe("rebalanced", "assigned", partitions)
         self._owned.update(partitions)
-        if partitions and self._paused:
+        self._pauses.forget(partitions)
+        if partitions and self._pauses.at_cap:
             self._consumer.pause(partitions)
             # and again from the loop: with confluent-kafka a pause made before
             # the client applied the incremental assignment may not stick
-            self._pauses_dirty = True
+            self._pauses.dirty = True
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
         """Rebalance: wait (bounded) for running jobs, commit what finished, let go."""
@@ -334,51 +327,11 @@ class Worker:
 
     def _let_go(self, partitions: list[TopicPartition]) -> None:
         self._owned.difference_update(partitions)
-        self._paused_now.difference_update(partitions)
+        self._pauses.forget(partitions)
         # a batch being fetched may still hold their messages
         self._revoked_since_dispatch = True
         for message, tag in self._lanes.discard(partitions):
             self._tracker.abandoned(tag[0], message.offset)
-
-    # -- pausing partitions: at the cap, or held by a failing retry write ---------
-
-    def _set_paused(self, paused: bool) -> None:
-        if paused != self._paused:
-            self._paused = paused
-            self._apply_pauses()
-
-    def _hold(self, tp: TopicPartition, held: bool) -> None:
-        # on a job thread: a retry or dead-letter write of this partition keeps
-        # failing (or succeeded again); the loop pauses (or resumes) it
-        with self._held_lock:
-            count = self._held.get(tp, 0) + (1 if held else -1)
-            if count > 0:
-                self._held[tp] = count
-            else:
-                self._held.pop(tp, None)
-        self._pauses_dirty = True
-
-    def _apply_pauses(self) -> None:
-        self._pauses_dirty = False
-        with self._held_lock:
-            held = set(self._held)
-        assigned = self._consumer.assignment()
-        want = set(assigned) if self._paused else held & assigned
-        pause = want - self._paused_now
-        resume = (self._paused_now - want) & assigned
-        try:
-            if pause:
-                self._consumer.pause(pause)
-            if resume:
-                self._consumer.resume(resume)
-        except Exception as exc:
-            CONSUMER.warning("Could not pause or resume partitions (trying again): %s", exc)
-            self._pauses_dirty = True
-            return
-        self._paused_now = want
-        if held != self._held_reported:
-            self._held_reported = held
-            self._observe("partitions_held", sorted(held))
 
     # -- handing fetched messages to the job threads --------------------------------
 
@@ -418,18 +371,8 @@ class Worker:
         self._lanes.submit(entries)
 
     def _seek(self, tp: TopicPartition, offset: int) -> bool:
-        client = self._consumer.client
         try:
-            from confluent_kafka import Consumer as ConfluentConsumer
-
-            if isinstance(client, ConfluentConsumer):
-                from confluent_kafka import TopicPartition as CTP
-
-                client.seek(CTP(tp[0], tp[1], offset))
-            else:
-                from kafka import TopicPartition as KTP
-
-                client.seek(KTP(tp[0], tp[1]), offset)
+            self._consumer.seek(tp, offset)
         except Exception as exc:
             CONSUMER.warning(
                 "Could not rewind %s to %s (its fetched jobs run beyond max_in_flight): %s",
@@ -472,14 +415,14 @@ class Worker:
         neutralise = getattr(self._consumer, "neutralise_auto_commit", None)
         if neutralise is not None:
             neutralise()
-        previous = self._install_signal_handlers()
+        previous = _signals.install(self._handle_signal)
         try:
             if not self._consumer.subscribed_to(self._topic):
                 self._consumer.subscribe(self._topic, self)
             self._loop(max_messages)
         finally:
             self._finish()
-            self._restore_signal_handlers(previous)
+            _signals.restore(previous)
         return self._processed
 
     def _loop(self, max_messages: int | None) -> None:
@@ -504,8 +447,8 @@ class Worker:
                 room = min(room, max_messages - self._processed - in_flight)
             if room > 0:
                 full_since = None
-                self._set_paused(False)
-            elif not self._paused:
+                self._pauses.set_at_cap(False)
+            elif not self._pauses.at_cap:
                 # At the cap, wait a little for jobs to finish before pausing:
                 # pausing drops the client's prefetched messages, and resuming
                 # costs a fetch round trip, so fast jobs must not cycle through
@@ -515,9 +458,9 @@ class Worker:
                 if now - full_since < _PAUSE_AFTER:
                     self._drain(wait=0.05)
                     continue
-                self._set_paused(True)
-            if self._pauses_dirty:
-                self._apply_pauses()
+                self._pauses.set_at_cap(True)
+            if self._pauses.dirty:
+                self._pauses.apply()
             try:
                 messages = self._consumer.poll(0.05 if in_flight else 0.2, max(room, 1))
             except Exception as exc:
@@ -549,7 +492,7 @@ class Worker:
         self._drain()
         self._commit(asynchronous=False)
         try:
-            self._set_paused(False)
+            self._pauses.set_at_cap(False)
         except Exception as exc:
             CONSUMER.warning("Could not resume partitions: %s", exc)
         # Also after max_messages: a member that no longer polls would keep its
@@ -563,23 +506,8 @@ class Worker:
         # never count in what the next start() commits.
         self._tracker.drop()
         self._owned.clear()
-        self._paused_now.clear()
+        self._pauses.reset()
         self._consumer.headers.clear()
         self._lanes.close()
         self._loop_thread.close()
         self._router.stop()
-
-    def _install_signal_handlers(self) -> dict[int, Any] | None:
-        if threading.current_thread() is not threading.main_thread():
-            return None  # only the main thread may set handlers; use stop() instead
-        previous: dict[int, Any] = {}
-        for sig in _SIGNALS:
-            previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._handle_signal)
-        return previous
-
-    def _restore_signal_handlers(self, previous: dict[int, Any] | None) -> None:
-        if previous is None:
-            return
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -17,19 +17,6 @@ from kq.message import Message
 TopicPartition = tuple[str, int]
 
 
-class FakeClient:
-    """What the worker reaches through ``adapter.client`` (only ``seek``)."""
-
-    def __init__(self, fake: FakeConsumer) -> None:
-        self._fake = fake
-        self.fail_seeks = False
-
-    def seek(self, tp: Any, offset: int) -> None:
-        if self.fail_seeks:
-            raise RuntimeError("seek refused (test)")
-        self._fake.positions[(tp.topic, tp.partition)] = offset
-
-
 class FakeConsumer:
     """A ``ConsumerAdapter`` over in-memory partitions ``{tp: [(key, value, headers), ...]}``."""
 
@@ -38,7 +25,8 @@ class FakeConsumer:
         self.records: dict[TopicPartition, list[tuple[bytes | None, bytes, dict[str, bytes]]]] = {
             (topic, p): [] for p in range(partitions)
         }
-        self.client = FakeClient(self)
+        self.client = object()
+        self.fail_seeks = False
         self.headers: dict[tuple[str, int, int], dict[str, bytes]] = {}
         self.hosts = "fake:9092"
         self.group = group
@@ -146,6 +134,11 @@ class FakeConsumer:
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         self.paused -= set(partitions)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        if self.fail_seeks:
+            raise RuntimeError("seek refused (test)")
+        self.positions[tp] = offset
 
     def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool) -> None:
         self.commits.append(dict(offsets))

@@ -283,7 +283,7 @@ def test_records_that_cannot_be_rewound_run_beyond_the_cap(
     for i in range(5):
         fake.add(0, _job(engine_jobs.note, token, f"j{i}"))
     fake.ignore_max_records = True  # the first poll returns all 5 though 2 fit
-    fake.client.fail_seeks = True
+    fake.fail_seeks = True
     run = _Run(_worker(monkeypatch, fake, max_in_flight=2), max_messages=5)
     assert run.join() == 5
     assert Counter(engine_jobs.notes(token)) == Counter(f"j{i}" for i in range(5))
