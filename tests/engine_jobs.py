@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 
 class NeedsTwo(Exception):
@@ -102,17 +103,29 @@ def start_noise(line_bytes: int = 2048) -> threading.Thread:
     return thread
 
 
-def drain_slowly(fd: int, stop: threading.Event, chunk: int = 512, pause: float = 0.01) -> None:
-    """Read a pipe ``chunk`` bytes at a time with a pause between reads until EOF.
+class SlowDrain:
+    """Reads a pipe on a thread, 512 bytes every 10 ms, until EOF.
 
-    Once ``stop`` is set it reads at full speed (so a writer can finish).
+    After ``close()`` it reads at full speed (so the writer can finish) and is joined.
     """
-    while True:
-        data = os.read(fd, chunk if not stop.is_set() else 1 << 16)
-        if not data:
-            return
-        if not stop.is_set():
-            time.sleep(pause)
+
+    def __init__(self, pipe: Any) -> None:
+        self._fd = pipe.fileno()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            data = os.read(self._fd, 512 if not self._stop.is_set() else 1 << 16)
+            if not data:
+                return
+            if not self._stop.is_set():
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
 
 
 def isolated_statuses(count: int, timeout: float) -> list[str]:

@@ -128,23 +128,18 @@ def test_timed_jobs_of_a_worker_logging_to_a_slow_pipe_never_hang(
         proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE, env=env
         )
-    assert proc.stderr is not None and proc.stdin is not None
-    stop = threading.Event()
-    drainer = threading.Thread(
-        target=engine_jobs.drain_slowly, args=(proc.stderr.fileno(), stop), daemon=True
-    )
-    drainer.start()
+    assert proc.stdin is not None
+    drain = engine_jobs.SlowDrain(proc.stderr)
     try:
         code = proc.wait(timeout=150)
     except subprocess.TimeoutExpired:
         code = None
     finally:
-        stop.set()
+        drain.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
         proc.stdin.close()
-        drainer.join(30)
     statuses = Counter(line.split()[0] for line in outcomes.read_text().splitlines())
     assert code == 0, f"worker exit {code}; outcomes so far {statuses}"
     assert statuses == {"success": count}, f"timed jobs hung in their child: {statuses}"

@@ -24,6 +24,7 @@ from fake_consumer import FakeConsumer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ledger_jobs import wait_for
+from throughput_support import WorkerThread
 
 import kq._runner
 import kq.worker
@@ -232,30 +233,6 @@ def _job(func: Any, *args: Any) -> bytes:
     return bytes(dill.dumps(Job(id=uuid.uuid4().hex, func=func, args=args)))
 
 
-class _Run:
-    """``worker.start(...)`` on a thread, joined with a bound."""
-
-    def __init__(self, worker: Worker, **start: Any) -> None:
-        self.worker = worker
-        self.result: list[Any] = []
-        self.thread = threading.Thread(target=self._run, args=(start,), daemon=True)
-        self.thread.start()
-
-    def _run(self, start: dict[str, Any]) -> None:
-        try:
-            self.result.append(self.worker.start(**start))
-        except BaseException as exc:
-            self.result.append(exc)
-
-    def join(self, timeout: float = 20.0) -> Any:
-        self.thread.join(timeout)
-        if self.thread.is_alive():
-            self.worker.stop(immediately=True)
-            self.thread.join(10)
-            raise AssertionError(f"worker did not return within {timeout} s")
-        return self.result[0]
-
-
 def test_records_of_a_partition_revoked_inside_the_poll_are_not_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -267,7 +244,7 @@ def test_records_of_a_partition_revoked_inside_the_poll_are_not_run(
     # the first poll returns the records of both partitions, and revokes partition 1
     fake.during_next_poll(lambda f: f.revoke([("t", 1)]))
     worker = _worker(monkeypatch, fake, concurrency=2)
-    run = _Run(worker)
+    run = WorkerThread(worker).start()
     assert wait_for(lambda: fake.committed.get(("t", 0)) == 3, timeout=10), fake.commits
     worker.stop()
     run.join()
@@ -284,7 +261,7 @@ def test_records_that_cannot_be_rewound_run_beyond_the_cap(
         fake.add(0, _job(engine_jobs.note, token, f"j{i}"))
     fake.ignore_max_records = True  # the first poll returns all 5 though 2 fit
     fake.fail_seeks = True
-    run = _Run(_worker(monkeypatch, fake, max_in_flight=2), max_messages=5)
+    run = WorkerThread(_worker(monkeypatch, fake, max_in_flight=2), max_messages=5).start()
     assert run.join() == 5
     assert Counter(engine_jobs.notes(token)) == Counter(f"j{i}" for i in range(5))
     assert fake.committed[("t", 0)] == 5
@@ -319,7 +296,7 @@ def test_a_failing_retry_write_holds_its_partition_until_written(
         observer=Observer(),
         retry=RetryPolicy(max_attempts=2, backoff=0.1, jitter=0),
     )
-    run = _Run(worker)
+    run = WorkerThread(worker).start()
     assert wait_for(lambda: held == [[("t", 0)]], timeout=10), held
     fake.add(0, _job(engine_jobs.note, token, "p0-after"))
     fake.add(1, _job(engine_jobs.note, token, "p1-after"))
@@ -354,7 +331,7 @@ def test_revoke_and_quick_reassign_never_run_one_message_twice_at_once(
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    run = _Run(worker)
+    run = WorkerThread(worker).start()
     assert wait_for(lambda: "blocking" in engine_jobs.notes(token), timeout=10)
     reassigned = threading.Event()
 
@@ -396,7 +373,7 @@ def test_headers_of_discarded_messages_do_not_pile_up(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(Lanes, "discard", noting_discard)
     worker = _worker(monkeypatch, fake)
-    run = _Run(worker)
+    run = WorkerThread(worker).start()
     assert wait_for(lambda: "blocking" in engine_jobs.notes(token), timeout=10)
     assert wait_for(lambda: fake.positions[("t", 0)] == 5, timeout=10)
     worker.stop()
@@ -423,21 +400,16 @@ def test_timed_jobs_never_hang_on_stderr_held_by_a_logging_thread() -> None:
         env=env,
         cwd=TESTS,
     )
-    assert proc.stdout is not None and proc.stderr is not None
-    stop = threading.Event()
-    drainer = threading.Thread(
-        target=engine_jobs.drain_slowly, args=(proc.stderr.fileno(), stop), daemon=True
-    )
-    drainer.start()
+    assert proc.stdout is not None
+    drain = engine_jobs.SlowDrain(proc.stderr)
     try:
         out = proc.stdout.read().decode()
         code = proc.wait(timeout=120)
     finally:
-        stop.set()
+        drain.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        drainer.join(10)
     statuses = [s for s in out.split() if s in ("success", "failure", "timeout")]
     assert code == 0 and len(statuses) == 12, out
     assert statuses == ["success"] * 12, f"timed jobs hung in their child: {statuses}"
