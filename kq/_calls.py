@@ -10,16 +10,42 @@ from kq._loop import run_coroutine
 from kq.job import Job
 
 
-def call_repr(func: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> str:
-    """Return ``module.name(arg, ..., key=value)`` as KQ logged it."""
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except (Exception, SystemExit) as exc:
+        # How a job is logged never decides whether it runs.
+        try:
+            kind = f"{type(value).__module__}.{type(value).__qualname__}"
+            reason = f"{type(exc).__name__}: {exc}"
+        except (Exception, SystemExit):
+            kind, reason = "object", type(exc).__name__
+        return f"<unrepresentable: repr() of {kind} raised {reason}>"
+
+
+def _name(func: Callable[..., Any]) -> str:
     if inspect.ismethod(func) or inspect.isfunction(func) or inspect.isbuiltin(func):
-        name = f"{func.__module__}.{func.__qualname__}"
-    elif not inspect.isclass(func) and hasattr(func, "__call__"):  # noqa: B004
-        name = f"{type(func).__module__}.{type(func).__name__}"
-    else:
-        name = repr(func)
-    parts = [repr(arg) for arg in args]
-    parts += [f"{k}={v!r}" for k, v in sorted(kwargs.items())]
+        return f"{func.__module__}.{func.__qualname__}"
+    if not inspect.isclass(func) and hasattr(func, "__call__"):  # noqa: B004
+        return f"{type(func).__module__}.{type(func).__name__}"
+    return repr(func)
+
+
+def call_repr(func: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> str:
+    """Return ``module.name(arg, ..., key=value)`` as KQ logged it.
+
+    Never raises: a part whose ``repr()`` fails shows as ``<unrepresentable: ...>``.
+    """
+    try:
+        name = _name(func)
+    except (Exception, SystemExit):
+        name = _safe_repr(func)
+    parts = [_safe_repr(arg) for arg in args]
+    try:
+        items = sorted(kwargs.items())
+    except (Exception, SystemExit):  # keys that do not compare (not all str)
+        items = list(kwargs.items())
+    parts += [f"{k if isinstance(k, str) else _safe_repr(k)}={_safe_repr(v)}" for k, v in items]
     return f"{name}({', '.join(parts)})"
 
 

@@ -16,13 +16,26 @@ PartitionsCallback = Callable[[list[TopicPartition]], None]
 
 
 class RebalanceHandler(Protocol):
-    """What the worker does when its partitions change (called inside ``poll``)."""
+    """What the worker does when its partitions change (called inside ``poll``).
+
+    ``on_revoked`` waits (bounded) for running jobs of the revoked partitions
+    where blocking is harmless; a client whose listener must not block runs
+    its three steps itself: ``begin_revoke``, then waits while
+    ``revoke_waiting`` (for at most the seconds ``begin_revoke`` returned)
+    without blocking, then ``end_revoke``.
+    """
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None: ...
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None: ...
 
     def on_lost(self, partitions: list[TopicPartition]) -> None: ...
+
+    def begin_revoke(self, partitions: list[TopicPartition]) -> float: ...
+
+    def revoke_waiting(self, partitions: list[TopicPartition]) -> bool: ...
+
+    def end_revoke(self, partitions: list[TopicPartition]) -> None: ...
 
 
 class ConsumerAdapter(Protocol):
@@ -54,6 +67,9 @@ class ConsumerAdapter(Protocol):
     def pause(self, partitions: Iterable[TopicPartition]) -> None: ...
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Fetch ``tp`` from ``offset`` next (raises if the client refuses)."""
 
     def commit(
         self, offsets: dict[TopicPartition, int], asynchronous: bool, timeout: float = 10.0
@@ -107,27 +123,41 @@ class _KafkaPythonConsumer:
                 coordinator.config["enable_auto_commit"] = False
 
     def subscribe(self, topic: str, handler: RebalanceHandler) -> None:
-        from kafka import ConsumerRebalanceListener
+        from kafka import AsyncConsumerRebalanceListener
 
         def pairs(tps: Iterable[Any]) -> list[tuple[str, int]]:
             return [(tp.topic, tp.partition) for tp in tps]
 
         adapter = self
+        # kafka-python 3 calls listeners on its IO thread, the one that also
+        # sends heartbeats: blocking there while jobs finish would get the
+        # member thrown out of the group after session.timeout.ms. Its IO loop
+        # awaits coroutine listeners, and sleeping on that loop keeps the
+        # heartbeats going while the revoked partitions' jobs finish.
+        sleep = getattr(getattr(self.client, "_net", None), "sleep", None)
 
-        class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                # kafka-python 3 calls listeners on its IO thread, where a
-                # blocking commit is refused: commit asynchronously there.
+        class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+            async def on_partitions_revoked(self, revoked: Any) -> None:
+                parts = pairs(revoked)
+                # a blocking commit is refused on the IO thread: commit asynchronously
                 adapter._in_listener = True
                 try:
-                    handler.on_revoked(pairs(revoked))
+                    deadline = time.monotonic() + handler.begin_revoke(parts)
+                    # (without a loop to sleep on, never block the heartbeats)
+                    while (
+                        sleep is not None
+                        and time.monotonic() < deadline
+                        and handler.revoke_waiting(parts)
+                    ):
+                        await sleep(0.05)
+                    handler.end_revoke(parts)
                 finally:
                     adapter._in_listener = False
 
-            def on_partitions_assigned(self, assigned: Any) -> None:
+            async def on_partitions_assigned(self, assigned: Any) -> None:
                 handler.on_assigned(pairs(assigned))
 
-            def on_partitions_lost(self, lost: Any) -> None:
+            async def on_partitions_lost(self, lost: Any) -> None:
                 handler.on_lost(pairs(lost))
 
         if self.client.subscription():
@@ -173,6 +203,11 @@ class _KafkaPythonConsumer:
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         self.client.resume(*self._tps(partitions))
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        from kafka import TopicPartition as KTP
+
+        self.client.seek(KTP(tp[0], tp[1]), offset)
 
     def commit(
         self, offsets: dict[TopicPartition, int], asynchronous: bool, timeout: float = 10.0
@@ -371,6 +406,11 @@ class _ConfluentConsumer:
         tps = self._tps(partitions)
         if tps:
             self.client.resume(tps)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        from confluent_kafka import TopicPartition as CTP
+
+        self.client.seek(CTP(tp[0], tp[1], offset))
 
     def commit(
         self, offsets: dict[TopicPartition, int], asynchronous: bool, timeout: float = 10.0

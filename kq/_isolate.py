@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import select
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -24,6 +24,7 @@ from typing import Any
 import dill
 
 from kq._calls import invoke
+from kq._forksafe import after_fork_in_child, flush_child_streams
 from kq._loop import Cancelled, EventLoopThread
 from kq.errors import JobProcessError, RemoteJobError
 from kq.job import Job
@@ -47,48 +48,91 @@ def run_inline(job: Job, loop: EventLoopThread, abort: threading.Event) -> Resul
         value = invoke(job, lambda awaitable: loop.run(awaitable, abort))
     except Cancelled:
         return Result("aborted")
-    except (Exception, SystemExit) as exc:  # sys.exit() in a job must not end the thread
+    except BaseException as exc:  # sys.exit() (or a CancelledError) must not end the thread
         return Result("failure", exception=exc, stacktrace=traceback.format_exc())
     return Result("success", value=value)
 
 
+def _type_name(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return "<str() of the exception failed>"
+
+
 def _child_payload(job: Job) -> bytes:
+    # (kind, dill bytes of the value, stack, type name, text): the envelope is
+    # plain pickle of builtins, so the parent can always read the type name and
+    # text even when the value itself cannot be rebuilt there.
     try:
         value = invoke(job)
     except BaseException as exc:
         stack = traceback.format_exc()
+        name, text = _type_name(exc), _text(exc)
         try:
-            return bytes(dill.dumps(("failure", exc, stack)))
+            inner = bytes(dill.dumps(exc))
         except Exception:
-            remote = RemoteJobError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc))
-            return bytes(dill.dumps(("failure", remote, stack)))
+            inner = bytes(dill.dumps(RemoteJobError(name, text)))
+        return pickle.dumps(("failure", inner, stack, name, text))
     try:
-        return bytes(dill.dumps(("success", value, None)))
+        inner = bytes(dill.dumps(value))
     except Exception as exc:
         error = JobProcessError(f"the job's return value could not be sent back: {exc!r}")
-        return bytes(dill.dumps(("failure", error, traceback.format_exc())))
+        return pickle.dumps(
+            ("failure", bytes(dill.dumps(error)), traceback.format_exc(), _type_name(error), "")
+        )
+    return pickle.dumps(("success", inner, None, _type_name(value), ""))
+
+
+def _decode(data: bytes) -> Result:
+    kind, inner, stack, name, text = pickle.loads(data)
+    try:
+        value = dill.loads(inner)
+    except Exception as exc:
+        if kind == "success":
+            error: BaseException = JobProcessError(
+                f"the job's return value ({name}) could not be rebuilt by the worker: {exc!r}"
+            )
+            return Result("failure", exception=error, stacktrace=None)
+        # e.g. an exception class whose __init__ takes other arguments than it
+        # passes to Exception: its pickle cannot be loaded
+        return Result("failure", exception=RemoteJobError(name, text), stacktrace=stack)
+    if kind == "success":
+        return Result("success", value=value)
+    return Result("failure", exception=value, stacktrace=stack)
 
 
 def _run_child(job: Job, fd: int) -> None:
     # Ctrl-C goes to the whole process group; it is the worker's to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    after_fork_in_child()
     payload = _child_payload(job)
     view = memoryview(payload)
     while view:
         written = os.write(fd, view)
         view = view[written:]
-    sys.stdout.flush()
-    sys.stderr.flush()
+    flush_child_streams()
 
 
 def run_isolated(job: Job, timeout: float, abort: threading.Event) -> Result:
     """Run the job in a forked child; kill it at ``timeout`` seconds or when ``abort`` is set."""
-    # buffered output would otherwise be written twice, once by the child
-    sys.stdout.flush()
-    sys.stderr.flush()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    # No flush of sys.stdout/sys.stderr first: another thread may hold them
+    # (a blocked write), and the child never writes what they buffered.
+    try:
+        read_fd, write_fd = os.pipe()
+    except OSError as exc:
+        return _not_started(exc)
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os.close(read_fd)
+        os.close(write_fd)
+        return _not_started(exc)
     if pid == 0:  # pragma: no cover - runs in the child
         code = 0
         try:
@@ -133,10 +177,16 @@ def run_isolated(job: Job, timeout: float, abort: threading.Event) -> Result:
                 f"job process ended without a result ({_describe(wait_status)})"
             ),
         )
-    kind, value, stack = dill.loads(data)
-    if kind == "success":
-        return Result("success", value=value)
-    return Result("failure", exception=value, stacktrace=stack)
+    try:
+        return _decode(data)
+    except Exception as exc:  # a truncated or foreign envelope
+        error = JobProcessError(f"the job process sent a result that cannot be read: {exc!r}")
+        return Result("failure", exception=error)
+
+
+def _not_started(exc: OSError) -> Result:
+    error = JobProcessError(f"the job's process could not be started: {exc!r}")
+    return Result("failure", exception=error)
 
 
 def _kill(pid: int) -> None:

@@ -6,29 +6,42 @@ of one key never overlap and run in offset order, while jobs of different keys
 (and unkeyed jobs) run in parallel up to the pool's size: no two keys share a
 queue, unlike hashing keys onto lanes (the model of Confluent's Parallel
 Consumer "key" ordering).
+
+A message submitted while another copy of it (same topic, partition and
+offset: a re-fetch after its partition was revoked and assigned again) is
+queued or running never runs alongside it: it waits for that copy, and is
+reported done without running if the copy completed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import Any
 
+from kq._logs import RUNTIME
 from kq.message import Message
 
 TopicPartition = tuple[str, int]
+Entry = tuple[Message, Any]
+"""A message and its submitter's tag (handed back with it)."""
+
+Handle = Callable[[Message, Any], bool]
+"""Runs one message; False if it must run again. Should not raise."""
+
+Finished = Callable[[Message, Any, "bool | None"], None]
+"""Told, before the message stops counting as busy: True (ran and done), False
+(must run again) or None (done without running: another copy of it completed)."""
 
 
 class Lanes:
     """A pool of job threads fed by the worker's Kafka loop, ordered per key."""
 
     def __init__(
-        self,
-        count: int,
-        handle: Callable[[Message], bool],
-        finished: Callable[[Message, bool], None],
-        name: str = "kq-job",
+        self, count: int, handle: Handle, finished: Finished, name: str = "kq-job"
     ) -> None:
         self._count = count
         self._handle = handle
@@ -37,11 +50,13 @@ class Lanes:
         self._closed = False
         self._name = name
         self._threads: list[threading.Thread] = []
-        self._ready: deque[Message] = deque()  # may start now, in arrival order
-        self._waiting: dict[bytes, deque[Message]] = {}  # behind their key's active job
+        self._ready: deque[Entry] = deque()  # may start now, in arrival order
+        self._waiting: dict[bytes, deque[Entry]] = {}  # behind their key's active job
         self._active: set[bytes] = set()  # keys with a message ready or running
-        self._running: dict[int, Message] = {}  # thread ident -> its message
-        self._pending: dict[TopicPartition, int] = {}  # queued or running, per partition
+        self._running: dict[int, Entry] = {}  # thread ident -> its entry
+        self._pending: dict[TopicPartition, int] = {}  # queued, waiting or running, per partition
+        self._live: set[tuple[str, int, int]] = set()  # coordinates queued or running
+        self._followers: dict[tuple[str, int, int], list[Entry]] = {}  # copies behind a live one
 
     def _ensure_started(self) -> None:
         self._threads = [t for t in self._threads if t.is_alive()]
@@ -51,47 +66,61 @@ class Lanes:
             thread.start()
             self._threads.append(thread)
 
-    def _enqueue(self, message: Message) -> None:
-        key = message.key
+    def _enqueue(self, entry: Entry) -> None:
+        key = entry[0].key
         if key is None or self._count == 1:  # one thread: arrival order is offset order
-            self._ready.append(message)
+            self._ready.append(entry)
         elif key in self._active:
-            self._waiting.setdefault(key, deque()).append(message)
+            self._waiting.setdefault(key, deque()).append(entry)
         else:
             self._active.add(key)
-            self._ready.append(message)
+            self._ready.append(entry)
 
-    def submit(self, messages: Iterable[Message]) -> None:
-        """Queue messages (in offset order per partition)."""
+    def submit(self, entries: Iterable[Entry]) -> None:
+        """Queue messages with their tags (in offset order per partition)."""
         with self._cond:
             self._closed = False
             self._ensure_started()
             pending = self._pending
-            for message in messages:
-                tp = (message.topic, message.partition)
+            live = self._live
+            for entry in entries:
+                m = entry[0]
+                tp = (m.topic, m.partition)
                 pending[tp] = pending.get(tp, 0) + 1
-                self._enqueue(message)
+                coordinates = (m.topic, m.partition, m.offset)
+                if coordinates in live:
+                    self._followers.setdefault(coordinates, []).append(entry)
+                    continue
+                live.add(coordinates)
+                self._enqueue(entry)
             self._cond.notify_all()
 
-    def discard(self, partitions: Iterable[TopicPartition] | None = None) -> list[Message]:
+    def discard(self, partitions: Iterable[TopicPartition] | None = None) -> list[Entry]:
         """Remove queued, not yet started messages (of these partitions, or all)."""
         wanted = None if partitions is None else set(partitions)
-        removed: list[Message] = []
+        removed: list[Entry] = []
         with self._cond:
             queued = list(self._ready)
-            for messages in self._waiting.values():
-                queued.extend(messages)
+            for entries in self._waiting.values():
+                queued.extend(entries)
             self._ready.clear()
             self._waiting.clear()
-            self._active = {m.key for m in self._running.values() if m.key is not None}
+            self._active = {e[0].key for e in self._running.values() if e[0].key is not None}
             # Ready messages are older than waiting ones of their key: re-adding
             # in this order keeps each key's order.
-            for m in queued:
+            for entry in queued:
+                m = entry[0]
                 if wanted is None or (m.topic, m.partition) in wanted:
-                    removed.append(m)
+                    removed.append(entry)
                     self._release(m)
+                    self._live.discard((m.topic, m.partition, m.offset))
                 else:
-                    self._enqueue(m)
+                    self._enqueue(entry)
+            for coordinates in list(self._followers):
+                if wanted is None or coordinates[:2] in wanted:
+                    for entry in self._followers.pop(coordinates):
+                        removed.append(entry)
+                        self._release(entry[0])
             self._cond.notify_all()
         return removed
 
@@ -119,7 +148,8 @@ class Lanes:
     ) -> bool:
         """Wait until no job of these partitions runs or waits.
 
-        False on timeout, or as soon as ``interrupt`` is set.
+        False on timeout, or as soon as ``interrupt`` is set. Every message
+        that stopped counting has been handed to ``finished`` by then.
         """
         parts = None if partitions is None else list(partitions)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -147,23 +177,57 @@ class Lanes:
                     if self._closed:
                         return
                     self._cond.wait()
-                message = self._ready.popleft()
-                self._running[me] = message
-            completed = False
-            try:
-                completed = self._handle(message)
-            finally:
-                with self._cond:
-                    del self._running[me]
-                    self._release(message)
-                    key = message.key
-                    if key is not None and self._count > 1:
-                        waiting = self._waiting.get(key)
-                        if waiting:
-                            self._ready.append(waiting.popleft())  # the key stays active
-                            if not waiting:
-                                del self._waiting[key]
-                        else:
-                            self._active.discard(key)
-                    self._cond.notify_all()
-                self._finished(message, completed)
+                entry = self._ready.popleft()
+                self._running[me] = entry
+            completed = self._run_one(entry)
+            with self._cond:
+                del self._running[me]
+                self._done(entry, completed)
+                self._cond.notify_all()
+
+    def _run_one(self, entry: Entry) -> bool:
+        try:
+            return self._handle(*entry)
+        except BaseException:  # nothing a message does may end a job thread
+            message = entry[0]
+            # a broken log handler must not end the thread either
+            with contextlib.suppress(BaseException):
+                RUNTIME.exception(
+                    "Processing Message(topic=%s, partition=%s, offset=%s) escaped the worker; "
+                    "it counts as processed",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                )
+            return True
+
+    def _done(self, entry: Entry, completed: bool) -> None:
+        # with self._cond held. The completion is handed over before the
+        # message stops counting as busy: whoever waits for idle lanes (a
+        # revoke, the shutdown) finds it when it commits.
+        message = entry[0]
+        self._finished(message, entry[1], completed)
+        self._release(message)
+        coordinates = (message.topic, message.partition, message.offset)
+        followers = self._followers.pop(coordinates, None)
+        if followers and not completed:
+            # a copy of it waits: it runs next, in this message's place (its
+            # key stays active, so later jobs of the key still wait)
+            after = followers[1:]
+            if after:
+                self._followers[coordinates] = after
+            self._ready.appendleft(followers[0])
+            return
+        self._live.discard(coordinates)
+        for follower in followers or ():
+            self._finished(follower[0], follower[1], None)
+            self._release(follower[0])
+        key = message.key
+        if key is not None and self._count > 1:
+            waiting = self._waiting.get(key)
+            if waiting:
+                self._ready.append(waiting.popleft())  # the key stays active
+                if not waiting:
+                    del self._waiting[key]
+            else:
+                self._active.discard(key)

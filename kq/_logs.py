@@ -16,10 +16,12 @@ that failed, polling errors, consumer settings kq corrected."""
 
 RUNTIME = logging.getLogger("kq.runtime")
 """A worker's own running: signals, graceful and hard stops, jobs stopped or
-left running at shutdown, observer hooks that raised."""
+left running at shutdown, observer hooks that raised, anything that escaped
+the processing of a message."""
 
 RETRIES = logging.getLogger("kq.retries")
-"""Retries scheduled, jobs dead-lettered, retry and dead-letter writes that failed."""
+"""Retries scheduled, jobs dead-lettered, retry and dead-letter writes that failed
+(and each new round of writing them while their partition is held)."""
 
 DELAY = logging.getLogger("kq.delay")
 """The delay-tier forwarder: records it could not read, forward or commit."""

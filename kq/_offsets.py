@@ -1,4 +1,12 @@
-"""Which offsets are safe to commit when jobs finish out of order."""
+"""Which offsets are safe to commit when jobs finish out of order.
+
+Each partition's offsets are tracked per *generation*: from the moment the
+worker takes its first message after an assignment until the partition is
+revoked or lost. ``started`` hands out the generation a message belongs to,
+and ``finished`` only counts a message against that generation, so a job of a
+revoked partition that finishes after the partition came back can never move
+the new generation's commit past a message it has not run.
+"""
 
 from __future__ import annotations
 
@@ -7,51 +15,81 @@ import heapq
 TopicPartition = tuple[str, int]
 
 
-class _PartitionOffsets:
-    __slots__ = ("done", "pending", "safe")
+class Generation:
+    """One assignment of one partition: its started and finished offsets."""
 
-    def __init__(self) -> None:
-        self.pending: list[int] = []  # min-heap of started, unfinished offsets
-        self.done: set[int] = set()  # finished offsets not yet below ``safe``
+    __slots__ = ("current", "done", "pending", "running", "safe", "tp")
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.pending: list[int] = []  # min-heap of started offsets not yet below ``safe``
+        # finished offsets not yet below ``safe``, with how many times: the same
+        # offset may be taken twice in one generation (a re-fetch), and each
+        # copy must finish before the commit passes it
+        self.done: dict[int, int] = {}
         self.safe: int | None = None  # next offset to commit (all below it finished)
+        self.running = 0  # started, neither finished nor abandoned
+        self.current = True  # False once the partition was revoked or lost
 
 
 class OffsetTracker:
-    """Tracks started and finished offsets per partition.
+    """Tracks started and finished offsets per partition and generation.
 
     ``committable()`` gives, per partition, the offset below which every
     started job has finished: committing it can never skip an unfinished job.
     """
 
     def __init__(self) -> None:
-        self._parts: dict[TopicPartition, _PartitionOffsets] = {}
+        self._parts: dict[TopicPartition, Generation] = {}
         self._committed: dict[TopicPartition, int] = {}
+        # jobs still running for generations that ended: they count as in
+        # flight (the cap holds) but never towards a commit
+        self._orphans = 0
 
-    def started(self, tp: TopicPartition, offset: int) -> None:
-        """Record that the message at ``offset`` was taken for processing."""
+    def started(self, tp: TopicPartition, offset: int) -> Generation:
+        """Record that the message at ``offset`` was taken; the generation it belongs to."""
         part = self._parts.get(tp)
         if part is None:
-            part = self._parts[tp] = _PartitionOffsets()
+            part = self._parts[tp] = Generation(tp)
         heapq.heappush(part.pending, offset)
+        part.running += 1
+        return part
 
-    def finished(self, tp: TopicPartition, offset: int) -> None:
-        """Record that the job at ``offset`` finished; ignored for dropped partitions."""
-        part = self._parts.get(tp)
-        if part is None:
+    def finished(self, part: Generation, offset: int) -> None:
+        """Record that the job at ``offset`` finished (only its own generation counts it)."""
+        part.running -= 1
+        if not part.current:
+            self._orphans -= 1
             return
-        part.done.add(offset)
-        while part.pending and part.pending[0] in part.done:
-            head = heapq.heappop(part.pending)
-            part.done.discard(head)
-            part.safe = head + 1
+        done = part.done
+        done[offset] = done.get(offset, 0) + 1
+        pending = part.pending
+        while pending and pending[0] in done:
+            head = heapq.heappop(pending)
+            left = done[head] - 1
+            if left:
+                done[head] = left
+            else:
+                del done[head]
+            # not past a second copy of the same offset that still runs
+            part.safe = head if pending and pending[0] == head else head + 1
+
+    def abandoned(self, part: Generation, offset: int) -> None:
+        """A started message will not finish here (discarded, or it must run again).
+
+        It stays pending: no commit passes it in this generation.
+        """
+        part.running -= 1
+        if not part.current:
+            self._orphans -= 1
 
     def in_flight(self, tp: TopicPartition | None = None) -> int:
-        """Started but unfinished jobs, for one partition or all."""
+        """Started jobs not finished nor abandoned: of one partition, or all (with orphans)."""
         if tp is not None:
             part = self._parts.get(tp)
-            return 0 if part is None else len(part.pending) - len(part.done)
+            return 0 if part is None else part.running
         # list(): other threads may read this (Worker.in_flight) while the loop updates it
-        return sum(len(p.pending) - len(p.done) for p in list(self._parts.values()))
+        return self._orphans + sum(p.running for p in list(self._parts.values()))
 
     def committable(
         self, partitions: set[TopicPartition] | None = None, again: bool = False
@@ -79,8 +117,11 @@ class OffsetTracker:
             if self._committed.get(tp) == offset:
                 del self._committed[tp]
 
-    def drop(self, partitions: list[TopicPartition]) -> None:
-        """Forget partitions this worker no longer owns: nothing more is committed for them."""
-        for tp in partitions:
-            self._parts.pop(tp, None)
+    def drop(self, partitions: list[TopicPartition] | None = None) -> None:
+        """End the generation of these partitions (or all): nothing more is committed for them."""
+        for tp in list(self._parts) if partitions is None else partitions:
+            part = self._parts.pop(tp, None)
             self._committed.pop(tp, None)
+            if part is not None:
+                part.current = False
+                self._orphans += part.running

@@ -102,8 +102,8 @@ class RetryRouter:
     ) -> bool:
         """After a failed or timed-out attempt: schedule the retry or dead-letter the job.
 
-        Returns False when that could not be written durably (the message is
-        then not committed, so the job runs again rather than being lost).
+        Returns False when that could not be written durably: the worker then
+        writes it again (calling this again) and commits nothing past it.
         """
         policy = attempt.policy
         if policy is None:
@@ -178,9 +178,11 @@ class RetryRouter:
                 _SEND_TRIES,
                 "".join(traceback.format_exception_only(type(error), error)).strip(),
             )
+        # The worker writes it again itself, holding the partition meanwhile.
         self._logger.error(
-            "Could not write the %s for a job of %s; it is not committed and will run again",
+            "Could not write the %s for a job of %s after %s tries",
             "retry" if delay else "dead letter",
             self._topic,
+            _SEND_TRIES,
         )
         return False

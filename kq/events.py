@@ -23,3 +23,12 @@ class WorkerObserver(Protocol):
 
     def rebalanced(self, event: str, partitions: list[TopicPartition]) -> None:
         """``event`` is ``assigned``, ``revoked`` or ``lost``."""
+
+    def partitions_held(self, partitions: list[TopicPartition]) -> None:
+        """The partitions that now take no new jobs (all of them, each time the set changes).
+
+        A partition is held while the retry or dead letter of one of its
+        failed jobs cannot be written (the delay topics are unreachable): the
+        worker writes it again with backoff and fetches nothing more from the
+        partition until it is written. An empty list: none is held any more.
+        """

@@ -23,7 +23,10 @@ Metrics (labels ``topic`` and ``group`` on each):
   committed offsets, refreshed every few seconds by a background thread;
 - ``kq_assigned_partitions``: partitions this worker owns;
 - ``kq_commits_total`` / ``kq_committed_offset{partition}``: offset commits;
-- ``kq_rebalances_total{event}``: ``assigned``, ``revoked``, ``lost``.
+- ``kq_rebalances_total{event}``: ``assigned``, ``revoked``, ``lost``;
+- ``kq_partitions_held``: partitions taking no new jobs because the retry or
+  dead letter of one of their jobs cannot be written (delay topics
+  unreachable); alert when it stays above 0.
 
 Lag is reported per owned partition, so summing ``kq_partition_lag`` over
 every worker of a group gives the group's lag without double counting.
@@ -75,6 +78,7 @@ class _Families:
     commits: Counter
     committed: Gauge
     rebalances: Counter
+    held: Gauge
 
 
 _FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
@@ -127,6 +131,12 @@ def _families(registry: CollectorRegistry) -> _Families:
                 (*base, "event"),
                 registry=registry,
             ),
+            held=Gauge(
+                "kq_partitions_held",
+                "Partitions taking no new jobs while a retry or dead-letter write fails",
+                base,
+                registry=registry,
+            ),
         )
         _FAMILIES[registry] = families
         return families
@@ -151,6 +161,7 @@ class PrometheusObserver:
         self._monitor: LagMonitor | None = None
         self._m.in_flight.labels(*self._labels).set(0)
         self._m.assigned.labels(*self._labels).set(0)
+        self._m.held.labels(*self._labels).set(0)
         self._m.commits.labels(*self._labels)
         for event in ("assigned", "revoked", "lost"):
             self._m.rebalances.labels(*self._labels, event)
@@ -182,6 +193,10 @@ class PrometheusObserver:
                 for partition in mine:
                     self._forget(partition)
             self._m.assigned.labels(*self._labels).set(len(self._owned))
+
+    def partitions_held(self, partitions: list[tuple[str, int]]) -> None:
+        """How many partitions take no new jobs while a retry write fails."""
+        self._m.held.labels(*self._labels).set(len(partitions))
 
     # -- the rest ------------------------------------------------------------
 

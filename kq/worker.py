@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -13,7 +12,7 @@ from typing import Any
 
 import dill
 
-from kq._calls import call_repr
+from kq import _signals
 from kq._checks import (
     check_callable_or_none,
     check_logger,
@@ -22,27 +21,28 @@ from kq._checks import (
     fail_value,
 )
 from kq._consumer import TopicPartition, adapt_consumer
-from kq._isolate import Result, run_inline, run_isolated
 from kq._lanes import Lanes
 from kq._logs import CONSUMER, RUNTIME
 from kq._loop import EventLoopThread
-from kq._offsets import OffsetTracker
+from kq._offsets import Generation, OffsetTracker
+from kq._pauses import Pauses
 from kq._retrying import RetryRouter
+from kq._runner import Callback, InvalidJob, MessageRunner, notify
 from kq.clients import ClientName, login_settings, make_consumer
-from kq.job import Job
 from kq.message import Message
-from kq.retry import Attempt, RetryPolicy, reset_current, set_current
+from kq.retry import RetryPolicy
 from kq.serialization import loads as fast_loads
-from kq.signing import SIGNATURE_HEADER, Verifier
+from kq.signing import Verifier
 
-Callback = Callable[[str, Message, "Job | None", Any, "BaseException | None", "str | None"], Any]
-
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
+__all__ = ["Callback", "InvalidJob", "Worker"]
 
 # How long a worker at its in-flight cap waits for jobs to finish before it
 # pauses its partitions (and keeps polling, paused, to stay in the group).
 _PAUSE_AFTER = 1.0
+
+# What the job threads carry with each message: its offsets' generation and
+# kq's headers of the record (taken from the consumer at dispatch).
+_Tag = tuple[Generation, dict[str, bytes] | None]
 
 # How long a stopping worker keeps trying to commit what finished while the
 # group rebalances or its coordinator moves (a rebalance takes a few seconds).
@@ -53,30 +53,6 @@ def _is_fatal(exc: BaseException) -> bool:
     """Client errors a worker cannot outlive (authorization, fatal librdkafka state)."""
     text = f"{type(exc).__name__} {exc}"
     return "Authorization" in text or "AUTHORIZATION" in text or "_FATAL" in text
-
-
-class InvalidJob(Exception):
-    """Why a message is not a runnable job."""
-
-
-def _check_job(obj: Any) -> Job:
-    if not isinstance(obj, Job):
-        raise InvalidJob(f"expected a kq.Job, got {type(obj).__module__}.{type(obj).__qualname__}")
-    if obj.id is not None and not isinstance(obj.id, str):
-        raise InvalidJob("Job.id must be a str")
-    if not callable(obj.func):
-        raise InvalidJob("Job.func must be a callable")
-    if obj.args is not None and not isinstance(obj.args, (list, tuple)):
-        raise InvalidJob("Job.args must be a list or tuple")
-    if obj.kwargs is not None and not isinstance(obj.kwargs, dict):
-        raise InvalidJob("Job.kwargs must be a dict")
-    if obj.timeout is not None and (
-        not isinstance(obj.timeout, (int, float))
-        or isinstance(obj.timeout, bool)
-        or not obj.timeout >= 0  # also NaN
-    ):
-        raise InvalidJob("Job.timeout must be an int or float, 0 or greater")
-    return obj
 
 
 class Worker:
@@ -126,9 +102,6 @@ class Worker:
             not isinstance(max_message_bytes, int) or max_message_bytes < 1
         ):
             fail_value("max_message_bytes must be None or an int, 1 or greater")
-        self._verifier = None if signing_keys is None else Verifier(signing_keys)
-        self._max_bytes = max_message_bytes
-        self._limits = self._verifier is not None or max_message_bytes is not None
         self._topic = topic
         self._callback = callback
         self._observer = observer
@@ -136,23 +109,40 @@ class Worker:
             topic, retry, dead_letter_topic, bool(scheduling), scheduler_config
         )
         self._deserializer: Callable[[bytes], Any] = deserializer or dill.loads
-        # KQ's default, dill.loads, is served by kq.serialization.loads: the same
-        # objects, plain pickle first (twice as fast), dill where needed.
-        self._decode = fast_loads if self._deserializer is dill.loads else self._deserializer
         self._concurrency = concurrency
         self._max_in_flight = max(max_in_flight, concurrency)
         self._shutdown_timeout = shutdown_timeout
         self._commit_interval = commit_interval
-        self._callback_lock = threading.Lock()
         self._stopping = threading.Event()
         self._abort = threading.Event()
-        self._completions: queue.SimpleQueue[tuple[Message, bool]] = queue.SimpleQueue()
+        self._completions: queue.SimpleQueue[tuple[Message, _Tag, bool | None]] = (
+            queue.SimpleQueue()
+        )
         self._tracker = OffsetTracker()
-        self._lanes = Lanes(concurrency, self._process, self._on_finished)
         self._loop_thread = EventLoopThread()
         self._processed = 0
-        self._paused = False
         self._commit_offsets = True
+        # Owned per the rebalance callbacks (job threads read it: only ever
+        # updated in place), and paused at the cap or held by a failing retry write.
+        self._owned: set[TopicPartition] = set()
+        self._pauses = Pauses(self._consumer, self._observe)
+        self._revoked_since_dispatch = False
+        self._runner = MessageRunner(
+            logger=self._logger,
+            callback=callback,
+            observer=observer,
+            router=self._router,
+            # KQ's default, dill.loads, is served by kq.serialization.loads: the
+            # same objects, plain pickle first (twice as fast), dill where needed.
+            decode=fast_loads if self._deserializer is dill.loads else self._deserializer,
+            verifier=None if signing_keys is None else Verifier(signing_keys),
+            max_bytes=max_message_bytes,
+            abort=self._abort,
+            loop=self._loop_thread,
+            owns=self._owned.__contains__,
+            hold=self._pauses.hold,
+        )
+        self._lanes = Lanes(concurrency, self._runner.process, self._on_finished)
 
     @classmethod
     def connect(
@@ -213,8 +203,6 @@ class Worker:
         """How many jobs may run at once."""
         return self._concurrency
 
-    # -- running one message (on a job thread) -------------------------------
-
     @property
     def in_flight(self) -> int:
         """Jobs fetched and not yet finished (at most ``max_in_flight``)."""
@@ -225,139 +213,29 @@ class Worker:
         """The cap on jobs fetched and not yet finished; fetching pauses at it."""
         return self._max_in_flight
 
-    def _run_callback(
-        self,
-        status: str,
-        message: Message,
-        job: Job | None,
-        result: Any,
-        exception: BaseException | None,
-        stacktrace: str | None,
-    ) -> None:
-        if self._callback is None:
-            return
-        try:
-            self._logger.info("Executing callback ...")
-            with self._callback_lock:
-                self._callback(status, message, job, result, exception, stacktrace)
-        except Exception as exc:
-            self._logger.exception("Callback raised an exception: %s", exc)
-
-    def _process(self, message: Message) -> bool:
-        """Run one message's job and its callback; False if it must run again."""
-        headers = self._consumer.headers.pop(
-            (message.topic, message.partition, message.offset), None
-        )
-        attempt = self._router.attempt(headers)
-        token = set_current(attempt)
-        try:
-            return self._process_attempt(message, headers, attempt)
-        finally:
-            reset_current(token)
-
-    def _check_limits(self, message: Message, headers: dict[str, bytes] | None) -> None:
-        # Before anything is deserialized: size first, then the signature.
-        if self._max_bytes is not None and len(message.value) > self._max_bytes:
-            raise InvalidJob(
-                f"message of {len(message.value)} bytes exceeds max_message_bytes={self._max_bytes}"
-            )
-        if self._verifier is not None:
-            signature = (headers or {}).get(SIGNATURE_HEADER)
-            problem = self._verifier.problem(message.topic, message.key, message.value, signature)
-            if problem:
-                raise InvalidJob(problem)
-
     def _observe(self, method: str, *args: Any) -> None:
-        hook = getattr(self._observer, method, None)
-        if hook is None:
-            return
-        try:
-            hook(*args)
-        except Exception as exc:
-            RUNTIME.warning("Observer %s raised: %r", method, exc)
+        notify(self._observer, method, *args)
 
-    def _process_attempt(
-        self, message: Message, headers: dict[str, bytes] | None, attempt: Attempt
-    ) -> bool:
-        # Asked once per job: three INFO lines per no-op job are a measurable
-        # share of it even when INFO is off.
-        info = self._logger.isEnabledFor(logging.INFO)
-        if info:
-            self._logger.info(
-                "Processing Message(topic=%s, partition=%s, offset=%s) ...",
-                message.topic,
-                message.partition,
-                message.offset,
-            )
-        try:
-            if self._limits:
-                self._check_limits(message, headers)
-            job = _check_job(self._decode(message.value))
-            # repr of the arguments is the costliest step of a no-op job: only when logged
-            if info:
-                description = call_repr(job.func, job.args or (), job.kwargs or {})  # type: ignore[arg-type]
-                self._logger.info("Executing job %s: %s", job.id, description)
-        except (Exception, SystemExit) as exc:
-            self._logger.error("Job was invalid: %s", exc)
-            if self._observer is not None:
-                self._observe("job_finished", "invalid", 0.0)
-            self._run_callback("invalid", message, None, None, None, None)
-            return True
-        result: Result
-        started = time.perf_counter() if self._observer is not None else 0.0
-        if job.timeout:
-            result = run_isolated(job, float(job.timeout), self._abort)
-        else:
-            result = run_inline(job, self._loop_thread, self._abort)
-        if self._observer is not None and result.status != "aborted":
-            self._observe("job_finished", result.status, time.perf_counter() - started)
-        if result.status == "aborted":
-            RUNTIME.warning("Job %s was stopped by a hard shutdown; it will run again", job.id)
-            return False
-        if result.status == "success":
-            if info:
-                self._logger.info("Job %s returned: %s", job.id, result.value)
-            self._run_callback("success", message, job, result.value, None, None)
-            return True
-        if result.status == "timeout":
-            self._logger.error("Job %s timed out after %s seconds", job.id, job.timeout)
-        else:
-            self._logger.error(
-                "Job %s raised an exception: %r\n%s", job.id, result.exception, result.stacktrace
-            )
-        # The retry (or dead letter) is durably written before the callback runs
-        # and before the offset can be committed.
-        routed = self._router.route(
-            message,
-            headers,
-            attempt,
-            result.status,
-            job.timestamp,
-            result.exception,
-            result.stacktrace,
-        )
-        if result.status == "timeout":
-            self._run_callback("timeout", message, job, None, None, None)
-        else:
-            self._run_callback("failure", message, job, None, result.exception, result.stacktrace)
-        return routed
+    # -- finished jobs and commits ---------------------------------------------
 
-    def _on_finished(self, message: Message, completed: bool) -> None:
-        self._completions.put((message, completed))
-
-    # -- the Kafka loop (on the thread that called start) --------------------
+    def _on_finished(self, message: Message, tag: _Tag, outcome: bool | None) -> None:
+        # on a job thread, before its message stops counting as busy
+        self._completions.put((message, tag, outcome))
 
     def _drain(self, wait: float = 0.0) -> None:
         """Take finished jobs off the completion queue, waiting up to ``wait`` for the first."""
         get = self._completions.get
-        finished = self._tracker.finished
+        tracker = self._tracker
         try:
-            message, completed = get(timeout=wait) if wait > 0 else get(block=False)
+            message, tag, outcome = get(timeout=wait) if wait > 0 else get(block=False)
             while True:
-                if completed:
-                    finished((message.topic, message.partition), message.offset)
-                    self._processed += 1
-                message, completed = get(block=False)
+                if outcome is False:  # must run again: never committed past
+                    tracker.abandoned(tag[0], message.offset)
+                else:
+                    tracker.finished(tag[0], message.offset)
+                    if outcome:  # None: a copy of it ran and completed, this one did not run
+                        self._processed += 1
+                message, tag, outcome = get(block=False)
         except queue.Empty:
             return
 
@@ -373,8 +251,6 @@ class Worker:
             return True
         # Asynchronous commits the client could not deliver (the coordinator
         # was away, a rebalance was running) are offered again now.
-        for failed in self._consumer.failed_commits():
-            self._tracker.commit_failed(failed)
         # On revoke the partitions are given: kafka-python has already taken
         # them out of assignment() when it calls the listener.
         owned = self._consumer.assignment() if partitions is None else partitions
@@ -406,7 +282,7 @@ class Worker:
         committed) and try again, for a bounded time.
         """
         deadline = time.monotonic() + _FINAL_COMMIT_WAIT
-        self._set_paused(True)
+        self._pauses.set_at_cap(True)
         while not self._commit(asynchronous=False, quiet=True):
             if time.monotonic() >= deadline:
                 self._commit(asynchronous=False)  # logs why it still fails
@@ -418,28 +294,50 @@ class Worker:
                     CONSUMER.warning("Offset commit failed (jobs may run again): %s", exc)
                     return
 
+    # -- rebalances (inside poll) ---------------------------------------------
+
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
         """Rebalance: new partitions; paused too if the worker is at its cap."""
         if partitions:
             CONSUMER.info("Partitions assigned: %s", partitions)
         self._observe("rebalanced", "assigned", partitions)
-        if self._paused and partitions:
+        self._owned.update(partitions)
+        self._pauses.forget(partitions)
+        if partitions and self._pauses.at_cap:
             self._consumer.pause(partitions)
+            # and again from the loop: with confluent-kafka a pause made before
+            # the client applied the incremental assignment may not stick
+            self._pauses.dirty = True
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
-        """Rebalance: commit what finished before the partitions go."""
+        """Rebalance: wait (bounded) for running jobs, commit what finished, let go."""
+        wait = self.begin_revoke(partitions)
+        self._lanes.wait_idle(partitions, wait, self._abort)
+        self.end_revoke(partitions)
+
+    def begin_revoke(self, partitions: list[TopicPartition]) -> float:
+        """Take no more work of these partitions; seconds their running jobs may be waited for."""
         if partitions:
             CONSUMER.info("Partitions revoked: %s", partitions)
         self._observe("rebalanced", "revoked", partitions)
-        self._lanes.discard(partitions)
-        if not self._lanes.wait_idle(partitions, self._revoke_wait(), self._abort):
+        self._let_go(partitions)
+        return self._revoke_wait()
+
+    def revoke_waiting(self, partitions: list[TopicPartition]) -> bool:
+        """Whether jobs of these partitions still run (and a revoke may wait for them)."""
+        return not self._abort.is_set() and self._lanes.busy(partitions)
+
+    def end_revoke(self, partitions: list[TopicPartition]) -> None:
+        """Commit what finished in these partitions; forget them."""
+        if self._lanes.busy(partitions):
             CONSUMER.warning(
-                "Jobs of revoked partitions still running; their offsets will not be committed"
+                "Jobs of revoked partitions %s still running; their offsets will not be"
+                " committed, and their new owner may run them again meanwhile",
+                sorted(partitions),
             )
         self._drain()
         self._commit(asynchronous=False, partitions=set(partitions))
         self._tracker.drop(partitions)
-        self._drop_headers(partitions)
 
     def _revoke_wait(self) -> float:
         # The group waits for this member's rejoin only up to its max.poll.interval
@@ -455,56 +353,67 @@ class Worker:
         if partitions:
             CONSUMER.warning("Partitions lost: %s", partitions)
         self._observe("rebalanced", "lost", partitions)
-        self._lanes.discard(partitions)
+        self._let_go(partitions)
         self._drain()
         self._tracker.drop(partitions)
-        self._drop_headers(partitions)
 
-    def _drop_headers(self, partitions: list[TopicPartition]) -> None:
-        gone = set(partitions)
-        headers = self._consumer.headers
-        for coordinates in [c for c in headers if (c[0], c[1]) in gone]:
-            headers.pop(coordinates, None)
+    def _let_go(self, partitions: list[TopicPartition]) -> None:
+        self._owned.difference_update(partitions)
+        self._pauses.forget(partitions)
+        # a batch being fetched may still hold their messages
+        self._revoked_since_dispatch = True
+        for message, tag in self._lanes.discard(partitions):
+            self._tracker.abandoned(tag[0], message.offset)
 
-    def _set_paused(self, paused: bool) -> None:
-        if paused == self._paused:
-            return
-        partitions = self._consumer.assignment()
-        if paused:
-            self._consumer.pause(partitions)
-        else:
-            self._consumer.resume(partitions)
-        self._paused = paused
+    # -- handing fetched messages to the job threads --------------------------------
 
     def _dispatch(self, messages: list[Message], room: int) -> None:
+        store = self._consumer.headers
+        if self._revoked_since_dispatch:
+            # A partition revoked inside this poll (confluent-kafka's batch can
+            # hold its records): its new owner runs them, not this worker.
+            self._revoked_since_dispatch = False
+            assigned = self._consumer.assignment()
+            gone = [m for m in messages if (m.topic, m.partition) not in assigned]
+            if gone:
+                for m in gone:
+                    store.pop((m.topic, m.partition, m.offset), None)
+                messages = [m for m in messages if (m.topic, m.partition) in assigned]
         taken = messages[:room]
-        for m in taken:
-            self._tracker.started((m.topic, m.partition), m.offset)
-        self._lanes.submit(taken)
-        if len(messages) > room:
+        rest = messages[room:]
+        if rest:
             # fetched past the cap (a rebalance inside poll can do that): give them back
             first: dict[TopicPartition, int] = {}
-            for m in messages[room:]:
+            for m in rest:
                 tp = (m.topic, m.partition)
                 first[tp] = min(first.get(tp, m.offset), m.offset)
-            for tp, offset in first.items():
-                self._seek(tp, offset)
+            kept = {tp for tp, offset in first.items() if not self._seek(tp, offset)}
+            for m in rest:
+                if (m.topic, m.partition) in kept:
+                    # not rewound: run it beyond the cap rather than let a later
+                    # commit of this partition pass it unrun
+                    taken.append(m)
+                else:
+                    store.pop((m.topic, m.partition, m.offset), None)
+        started = self._tracker.started
+        entries: list[tuple[Message, _Tag]] = []
+        for m in taken:
+            headers = store.pop((m.topic, m.partition, m.offset), None) if store else None
+            entries.append((m, (started((m.topic, m.partition), m.offset), headers)))
+        self._lanes.submit(entries)
 
-    def _seek(self, tp: TopicPartition, offset: int) -> None:
-        client = self._consumer.client
+    def _seek(self, tp: TopicPartition, offset: int) -> bool:
         try:
-            from confluent_kafka import Consumer as ConfluentConsumer
-
-            if isinstance(client, ConfluentConsumer):
-                from confluent_kafka import TopicPartition as CTP
-
-                client.seek(CTP(tp[0], tp[1], offset))
-            else:
-                from kafka import TopicPartition as KTP
-
-                client.seek(KTP(tp[0], tp[1]), offset)
+            self._consumer.seek(tp, offset)
         except Exception as exc:
-            CONSUMER.warning("Could not rewind %s to %s: %s", tp, offset, exc)
+            CONSUMER.warning(
+                "Could not rewind %s to %s (its fetched jobs run beyond max_in_flight): %s",
+                tp,
+                offset,
+                exc,
+            )
+            return False
+        return True
 
     def _handle_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self._stopping.is_set():
@@ -538,14 +447,14 @@ class Worker:
         neutralise = getattr(self._consumer, "neutralise_auto_commit", None)
         if neutralise is not None:
             neutralise()
-        previous = self._install_signal_handlers()
+        previous = _signals.install(self._handle_signal)
         try:
             if not self._consumer.subscribed_to(self._topic):
                 self._consumer.subscribe(self._topic, self)
             self._loop(max_messages)
         finally:
             self._finish()
-            self._restore_signal_handlers(previous)
+            _signals.restore(previous)
         return self._processed
 
     def _loop(self, max_messages: int | None) -> None:
@@ -570,8 +479,8 @@ class Worker:
                 room = min(room, max_messages - self._processed - in_flight)
             if room > 0:
                 full_since = None
-                self._set_paused(False)
-            elif not self._paused:
+                self._pauses.set_at_cap(False)
+            elif not self._pauses.at_cap:
                 # At the cap, wait a little for jobs to finish before pausing:
                 # pausing drops the client's prefetched messages, and resuming
                 # costs a fetch round trip, so fast jobs must not cycle through
@@ -581,7 +490,9 @@ class Worker:
                 if now - full_since < _PAUSE_AFTER:
                     self._drain(wait=0.05)
                     continue
-                self._set_paused(True)
+                self._pauses.set_at_cap(True)
+            if self._pauses.dirty:
+                self._pauses.apply()
             try:
                 messages = self._consumer.poll(0.05 if in_flight else 0.2, max(room, 1))
             except Exception as exc:
@@ -596,7 +507,8 @@ class Worker:
                 self._dispatch(messages, max(room, 0))
 
     def _finish(self) -> None:
-        self._lanes.discard()
+        for message, tag in self._lanes.discard():
+            self._tracker.abandoned(tag[0], message.offset)
         if self._abort.is_set():
             timeout: float | None = 0.5
         else:
@@ -610,8 +522,11 @@ class Worker:
                 RUNTIME.warning("Running jobs did not finish in time; they will run again")
             self._lanes.wait_idle(timeout=1.0)
         self._drain()
-        self._final_commit()
-        self._set_paused(False)
+        self._commit(asynchronous=False)
+        try:
+            self._pauses.set_at_cap(False)
+        except Exception as exc:
+            CONSUMER.warning("Could not resume partitions: %s", exc)
         # Also after max_messages: a member that no longer polls would keep its
         # partitions (cooperative assignment hands them back to it) until its
         # max.poll.interval expired. The next start() subscribes again.
@@ -619,21 +534,12 @@ class Worker:
             self._consumer.unsubscribe()
         except Exception as exc:
             CONSUMER.warning("Leaving the group failed: %s", exc)
+        # Every generation ends here: a job still running (hard stop) can
+        # never count in what the next start() commits.
+        self._tracker.drop()
+        self._owned.clear()
+        self._pauses.reset()
+        self._consumer.headers.clear()
         self._lanes.close()
         self._loop_thread.close()
         self._router.stop()
-
-    def _install_signal_handlers(self) -> dict[int, Any] | None:
-        if threading.current_thread() is not threading.main_thread():
-            return None  # only the main thread may set handlers; use stop() instead
-        previous: dict[int, Any] = {}
-        for sig in _SIGNALS:
-            previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._handle_signal)
-        return previous
-
-    def _restore_signal_handlers(self, previous: dict[int, Any] | None) -> None:
-        if previous is None:
-            return
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -13,11 +13,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import dill
 import jobfuncs
 import pytest
+from fake_consumer import FakeConsumer
 from kafka_checks import committed, group_name
+from ledger_jobs import wait_for
+from throughput_support import WorkerThread
 
-from kq import Queue, Worker
+import kq.worker
+from kq import Job, Queue, Worker
 from kq.clients import ClientName, make_consumer
 from kq.local import LocalKafka
 
@@ -69,6 +74,58 @@ def test_final_commit_refused_by_a_rebalance_is_made_once_the_group_settles(
     assert refused == [{(topic, 0): 3, (topic, 1): 3}]
     assert committed(bootstrap, group, topic, 0) == 3
     assert committed(bootstrap, group, topic, 1) == 3
+
+
+# -- the rules, fast, against the in-memory adapter -------------------------------------
+
+
+def _fake_worker(monkeypatch: pytest.MonkeyPatch, fake: FakeConsumer, **options: Any) -> Worker:
+    monkeypatch.setattr(kq.worker, "adapt_consumer", lambda consumer: consumer)
+    return Worker(fake.topic, fake, scheduling=False, **options)
+
+
+def _jobs(fake: FakeConsumer, count: int) -> None:
+    for n in range(count):
+        fake.add(0, bytes(dill.dumps(Job(id=f"j{n}", func=jobfuncs.add, args=(n, n)))))
+
+
+def test_a_lost_asynchronous_commit_is_sent_again_at_the_next_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeConsumer("t")
+    _jobs(fake, 3)
+    fake.lose_async_commits = 1  # the first commit is reported failed by the client
+    worker = _fake_worker(monkeypatch, fake, commit_interval=0.05)
+    offered: list[tuple[bool, dict[tuple[str, int], int]]] = []
+    committable = worker._tracker.committable
+
+    def record(partitions: Any = None, again: bool = False) -> dict[tuple[str, int], int]:
+        found = committable(partitions, again)
+        if found:
+            offered.append((again, found))
+        return found
+
+    worker._tracker.committable = record  # type: ignore[method-assign]
+    run = WorkerThread(worker).start()
+    try:
+        assert wait_for(lambda: fake.committed.get(("t", 0)) == 3, timeout=10), fake.commits
+    finally:
+        worker.stop()
+        run.join()
+    # offered again by a plain round, not only by the every-tenth-round safety net
+    assert offered[:2] == [(False, {("t", 0): 3}), (False, {("t", 0): 3})], offered
+
+
+def test_a_refused_final_commit_is_tried_again_after_polling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeConsumer("t")
+    _jobs(fake, 2)
+    fake.refuse_sync_commits = 2
+    worker = _fake_worker(monkeypatch, fake, commit_interval=3600)
+    assert WorkerThread(worker, max_messages=2).start().join() == 2
+    assert fake.committed == {("t", 0): 2}
+    assert fake.refuse_sync_commits == 0
 
 
 # -- a broker of their own, stopped and restarted ----------------------------------

@@ -13,26 +13,26 @@ TP = ("t", 0)
 def test_commits_only_below_the_lowest_unfinished_offset() -> None:
     tracker = OffsetTracker()
     for offset in (10, 11, 12, 13):
-        tracker.started(TP, offset)
-    tracker.finished(TP, 12)
-    tracker.finished(TP, 13)
+        part = tracker.started(TP, offset)
+    tracker.finished(part, 12)
+    tracker.finished(part, 13)
     assert tracker.committable() == {}  # 10 and 11 still running
-    tracker.finished(TP, 10)
+    tracker.finished(part, 10)
     assert tracker.committable() == {TP: 11}
-    tracker.finished(TP, 11)
+    tracker.finished(part, 11)
     assert tracker.committable() == {TP: 14}
     assert tracker.in_flight() == 0
 
 
 def test_mark_committed_suppresses_repeats_and_drop_forgets() -> None:
     tracker = OffsetTracker()
-    tracker.started(TP, 0)
-    tracker.finished(TP, 0)
+    tracker.finished(tracker.started(TP, 0), 0)
     tracker.mark_committed(tracker.committable())
     assert tracker.committable() == {}
-    tracker.started(TP, 1)
+    part = tracker.started(TP, 1)
     tracker.drop([TP])
-    tracker.finished(TP, 1)  # finished after the partition was revoked
+    assert tracker.in_flight() == 1  # still running, though no longer committed for
+    tracker.finished(part, 1)  # finished after the partition was revoked
     assert tracker.committable() == {}
     assert tracker.in_flight() == 0
 
@@ -56,8 +56,7 @@ def test_partition_filter() -> None:
     tracker = OffsetTracker()
     other = ("t", 1)
     for tp in (TP, other):
-        tracker.started(tp, 5)
-        tracker.finished(tp, 5)
+        tracker.finished(tracker.started(tp, 5), 5)
     assert tracker.committable({other}) == {other: 6}
 
 
@@ -74,11 +73,10 @@ def test_any_completion_order_never_passes_an_unfinished_offset(
     # Offsets with gaps, as after compaction or transaction markers.
     offsets = [sum(gaps[: i + 1]) + i for i in range(len(gaps))]
     tracker = OffsetTracker()
-    for offset in offsets:
-        tracker.started(TP, offset)
+    parts = [tracker.started(TP, offset) for offset in offsets]
     done: set[int] = set()
     for index in order:
-        tracker.finished(TP, offsets[index])
+        tracker.finished(parts[index], offsets[index])
         done.add(offsets[index])
         safe = tracker.committable().get(TP)
         unfinished = [o for o in offsets if o not in done]

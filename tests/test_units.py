@@ -111,7 +111,7 @@ def test_lanes_keep_key_order_and_run_keys_in_parallel() -> None:
     running = 0
     peak = 0
 
-    def handle(m: Message) -> bool:
+    def handle(m: Message, tag: object) -> bool:
         nonlocal running, peak
         with lock:
             running += 1
@@ -123,10 +123,10 @@ def test_lanes_keep_key_order_and_run_keys_in_parallel() -> None:
         return True
 
     finished: list[int] = []
-    lanes = Lanes(4, handle, lambda m, ok: finished.append(m.offset))
+    lanes = Lanes(4, handle, lambda m, tag, ok: finished.append(m.offset))
     keys = [b"a", b"b", b"c", b"d"]
     messages = [Message("t", 0, i, keys[i % 4], b"") for i in range(40)]
-    lanes.submit(messages)
+    lanes.submit((m, None) for m in messages)
     assert lanes.wait_idle(timeout=30)
     lanes.close()
     assert len(finished) == 40
@@ -138,12 +138,12 @@ def test_lanes_keep_key_order_and_run_keys_in_parallel() -> None:
 
 def test_lanes_discard_removes_only_queued_messages_of_partition() -> None:
     gate = threading.Event()
-    lanes = Lanes(1, lambda m: gate.wait(10), lambda m, ok: None)
-    lanes.submit([Message("t", p, o, None, b"") for o in range(3) for p in (0, 1)])
+    lanes = Lanes(1, lambda m, tag: gate.wait(10), lambda m, tag, ok: None)
+    lanes.submit([(Message("t", p, o, None, b""), None) for o in range(3) for p in (0, 1)])
     time.sleep(0.1)
     assert lanes.busy() and lanes.busy([("t", 0)]) and lanes.busy([("t", 1)])
     removed = lanes.discard([("t", 1)])
-    assert {(m.partition) for m in removed} == {1}
+    assert {m.partition for m, _ in removed} == {1}
     # partition 1's messages were all queued (the one running is of partition 0)
     assert not lanes.busy([("t", 1)]) and not lanes.busy([("u", 0)])
     assert lanes.busy([("t", 0)]) and not lanes.wait_idle([("t", 0)], timeout=0.1)

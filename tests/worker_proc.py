@@ -5,7 +5,9 @@ Prints ``ready`` once subscribed and ``processed N`` when ``start`` returns.
 Optional: ``--max-in-flight``; ``--outcomes FILE`` appends one line per
 callback (``<status> <partition> <offset> <job id or ->``); ``--exit-with-stdin``
 SIGKILLs the process when its stdin reaches EOF, so a worker never outlives
-the test that started it with ``stdin=PIPE`` (even a SIGKILLed one).
+the test that started it with ``stdin=PIPE`` (even a SIGKILLed one);
+``--log-level`` (INFO); ``--noise`` starts a thread that logs long lines to
+stderr without end (``engine_jobs.start_noise``).
 """
 
 from __future__ import annotations
@@ -76,10 +78,18 @@ def main() -> int:
     parser.add_argument("--max-in-flight", type=int, default=None)
     parser.add_argument("--outcomes", default=None)
     parser.add_argument("--exit-with-stdin", action="store_true")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--noise", action="store_true")
     args = parser.parse_args()
     if args.exit_with_stdin:
         _die_with_stdin()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level), stream=sys.stderr, format="%(asctime)s %(message)s"
+    )
+    if args.noise:
+        import engine_jobs
+
+        engine_jobs.start_noise()
     if args.client == "confluent":
         config = {"session.timeout.ms": args.session_ms, "heartbeat.interval.ms": 500}
     else:
