@@ -251,6 +251,8 @@ class Worker:
             return True
         # Asynchronous commits the client could not deliver (the coordinator
         # was away, a rebalance was running) are offered again now.
+        for failed in self._consumer.failed_commits():
+            self._tracker.commit_failed(failed)
         # On revoke the partitions are given: kafka-python has already taken
         # them out of assignment() when it calls the listener.
         owned = self._consumer.assignment() if partitions is None else partitions
@@ -522,7 +524,7 @@ class Worker:
                 RUNTIME.warning("Running jobs did not finish in time; they will run again")
             self._lanes.wait_idle(timeout=1.0)
         self._drain()
-        self._commit(asynchronous=False)
+        self._final_commit()
         try:
             self._pauses.set_at_cap(False)
         except Exception as exc:
