@@ -73,6 +73,8 @@ class _KafkaPythonProducer:
             if self.client._metadata.brokers():
                 raise TopicMissing(topic) from None
             return None
+        except Exception:
+            return None  # e.g. not authorized: the send says so, as without kq's placing
         return sorted(self.client._metadata.available_partitions_for_topic(topic) or ())
 
     def send_all(self, records: Sequence[Outgoing], timeout: float) -> list[BaseException | None]:
@@ -254,6 +256,14 @@ class _ConfluentProducer:
                 note = f" (client error: {last[1]})"
             taken = [i for i in range(len(records)) if i not in refused]
             _attribute(records, taken, reports, errors, timeout, fatal, complete, note)
+        if any(_is_local_fatal(errors[index]) for index in refused):
+            # A producer that turned fatal refuses every record with a bare
+            # "Local: Fatal error": name the reason (its error callback, served
+            # by poll, remembers it; see make_producer).
+            fatal_text = getattr(self.client, "fatal_error", None) or _fatal_reason(self.client)
+            for index in refused:
+                if fatal_text and _is_local_fatal(errors[index]):
+                    errors[index] = _with_reason(errors[index], fatal_text)
         return errors
 
 
@@ -291,6 +301,32 @@ def _attribute(
     for indexes in pending.values():
         for index in indexes:
             errors[index] = fatal or TimeoutError(f"not acknowledged within {timeout} s{note}")
+
+
+def _fatal_reason(client: Any) -> str | None:
+    """Why a producer turned fatal: confluent-kafka raises it from ``poll`` (within a second)."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        try:
+            client.poll(0.1)
+        except Exception as exc:
+            cause = exc.__cause__
+            return _reason(cause if isinstance(exc, SystemError) and cause is not None else exc)
+    return None
+
+
+def _is_local_fatal(error: BaseException | None) -> bool:
+    from confluent_kafka import KafkaError, KafkaException
+
+    first = error.args[0] if isinstance(error, KafkaException) and error.args else None
+    return isinstance(first, KafkaError) and first.code() == KafkaError._FATAL
+
+
+def _with_reason(error: BaseException | None, reason: str) -> BaseException:
+    from confluent_kafka import KafkaError, KafkaException
+
+    first: Any = error.args[0] if error is not None and error.args else None
+    return KafkaException(KafkaError(first.code(), f"{first.str()} (fatal client error: {reason})"))
 
 
 def _reason(error: BaseException) -> str:

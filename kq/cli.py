@@ -11,11 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import sys
-import time
 from collections.abc import Sequence
-from types import FrameType
 from typing import NoReturn
 
 import click
@@ -25,7 +22,6 @@ from kq._cli_common import (
     CommandError,
     connection,
     connection_options,
-    fail,
     friendly,
     retry_options,
 )
@@ -33,6 +29,7 @@ from kq._cli_config import ENV
 from kq._cli_dead_letters import dead_letters
 from kq._cli_enqueue import enqueue
 from kq._cli_info import info
+from kq._cli_local import local_kafka
 from kq._cli_replay import replay
 from kq._cli_topic import topic
 from kq._imports import cwd_on_path
@@ -61,7 +58,7 @@ def cli() -> None:
     """
 
 
-for command in (enqueue, info, dead_letters, replay, topic):
+for command in (enqueue, info, dead_letters, replay, topic, local_kafka):
     cli.add_command(command)
 
 
@@ -291,61 +288,6 @@ def worker(
         watch=CodeWatcher([os.getcwd()]).changed if reload else None,
     )
     return supervisor.run()
-
-
-# -- local Kafka -------------------------------------------------------------------
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@cli.command("local-kafka", context_settings=CONTEXT)
-@click.option("--nodes", type=click.Choice(["1", "3"]), default="1", show_default=True)
-@click.option(
-    "--topic",
-    "topics",
-    multiple=True,
-    metavar="NAME[:PARTITIONS]",
-    help="create this topic once up; repeatable",
-)
-@click.option("--workdir", type=click.Path(file_okay=False), help="keep the data here")
-@friendly
-def local_kafka(nodes: str, topics: tuple[str, ...], workdir: str | None) -> int:
-    """Run the project's local Apache Kafka in the foreground until Ctrl-C.
-
-    Prints bootstrap_servers=HOST:PORT first; the data is thrown away on exit
-    unless --workdir is given.
-    """
-    from kq.local import LocalKafka
-
-    wanted: list[tuple[str, int]] = []
-    for spec in topics:
-        name, _, count = spec.partition(":")
-        if not name or (count and not count.isdigit()) or count == "0":
-            raise click.UsageError(f"--topic expects NAME or NAME:PARTITIONS, not {spec!r}")
-        wanted.append((name, int(count or 1)))
-    signal.signal(signal.SIGTERM, _interrupt)
-    kafka = LocalKafka(int(nodes), workdir=workdir)
-    try:
-        kafka.start()
-        click.echo(f"bootstrap_servers={kafka.bootstrap_servers}")
-        for name, partitions in wanted:
-            kafka.create_topic(name, partitions=partitions, replication_factor=int(nodes))
-            click.echo(f"created topic {name} ({partitions} partitions)")
-        click.echo(
-            f"export {ENV['bootstrap']}={kafka.bootstrap_servers}   # then use kq; Ctrl-C stops",
-            err=True,
-        )
-        sys.stdout.flush()
-        while all(kafka.is_running(node_id) for node_id in kafka.node_ids):
-            time.sleep(0.5)
-        stopped = next(i for i in kafka.node_ids if not kafka.is_running(i))
-        fail(f"Kafka node {stopped} exited: {kafka.log_tail(stopped, 5)}")
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        kafka.stop()
 
 
 # -- entry point -------------------------------------------------------------------

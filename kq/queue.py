@@ -12,6 +12,7 @@ from typing import Any
 
 import dill
 
+from kq._admin import check_reachable
 from kq._checks import (
     check_bytes_or_none,
     check_callable_or_none,
@@ -26,7 +27,7 @@ from kq._checks import (
 from kq._logs import PRODUCER
 from kq._producer import Outgoing, ProducerAdapter, adapt_producer, raise_for
 from kq.clients import ClientName, login_settings, make_producer
-from kq.errors import BatchEnqueueError, EnqueueError
+from kq.errors import BatchEnqueueError, ClusterError, EnqueueError
 from kq.job import Job
 from kq.retry import RetryPolicy, encode_headers
 from kq.schedule import delay_topics, delayed_record, ensure_topics
@@ -512,9 +513,19 @@ def connect_queue(
     client: ClientName = "confluent",
     delivery_timeout: float = 30.0,
     producer_config: dict[str, Any] | None = None,
+    connect_timeout: float = 10.0,
     **queue_options: Any,
 ) -> Queue:
-    """A ready Queue from a bootstrap address, with a durable producer made by kq."""
+    """A ready Queue from a bootstrap address, with a durable producer made by kq.
+
+    The cluster must answer within ``connect_timeout`` (at most
+    ``delivery_timeout``) seconds, or ``kq.EnqueueError`` names the address.
+    """
+    login = login_settings(producer_config, client)
+    try:
+        check_reachable(bootstrap_servers, login, min(connect_timeout, delivery_timeout))
+    except ClusterError as exc:
+        raise EnqueueError(topic, str(exc), exc) from exc
     try:
         producer = make_producer(
             bootstrap_servers,
@@ -528,7 +539,7 @@ def connect_queue(
         raise EnqueueError(topic, f"cannot connect a producer: {exc!r}", exc) from exc
     # Creating the delay-tier topics logs in as the producer does.
     queue_options["admin_config"] = {
-        **login_settings(producer_config, client),
+        **login,
         **(queue_options.get("admin_config") or {}),
     }
     return Queue(topic, producer, delivery_timeout=delivery_timeout, **queue_options)

@@ -13,6 +13,7 @@ from typing import Any
 import dill
 
 from kq import _signals
+from kq._admin import check_reachable
 from kq._checks import (
     check_callable_or_none,
     check_logger,
@@ -153,9 +154,15 @@ class Worker:
         *,
         client: ClientName = "confluent",
         consumer_config: dict[str, Any] | None = None,
+        connect_timeout: float = 10.0,
         **options: Any,
     ) -> Worker:
-        """A ready Worker from a bootstrap address, with a consumer configured by kq."""
+        """A ready Worker from a bootstrap address, with a consumer configured by kq.
+
+        The cluster must answer within ``connect_timeout`` seconds, or
+        ``kq.ClusterError`` names the address.
+        """
+        check_reachable(bootstrap_servers, login_settings(consumer_config, client), connect_timeout)
         consumer = make_consumer(bootstrap_servers, group, client=client, **(consumer_config or {}))
         # The worker's retry and delay-tier clients log in as its consumer does.
         options["scheduler_config"] = {

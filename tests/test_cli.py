@@ -443,6 +443,49 @@ def test_local_kafka_runs_in_the_foreground_until_ctrl_c(procs: Processes) -> No
     assert kq("info", "jobs", "-b", address, "--connect-timeout", "1").returncode == 1
 
 
+def test_local_kafka_takes_9092_when_free_and_says_so_when_not(procs: Processes) -> None:
+    import socket
+
+    from kq.local import port_is_free
+
+    if not port_is_free(9092):
+        pytest.skip("port 9092 is used by something else on this machine")
+    # 9092 taken: the command says so and uses a free port
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 9092))
+        holder.listen()
+        busy = procs.start("local-kafka", name="local-kafka-busy")
+        address = busy.wait_for(r"^bootstrap_servers=(\S+)$", timeout=120, stream="out")[1]
+        assert address != "127.0.0.1:9092"
+        assert "port 9092 on 127.0.0.1 is in use" in busy.err()
+        busy.signal(signal.SIGINT)
+        assert busy.wait() == 0
+        # asked for explicitly, a taken port is an error of one line
+        taken = kq("local-kafka", "--port", "9092", timeout=120)
+        assert taken.returncode == 1
+        assert taken.stderr.startswith("kq local-kafka: error: port 9092 on 127.0.0.1 is in use")
+    # 9092 free: the quick start's address works as written
+    local = procs.start("local-kafka", name="local-kafka-9092")
+    assert local.wait_for(r"^bootstrap_servers=(\S+)$", timeout=120, stream="out")[1] == (
+        "127.0.0.1:9092"
+    )
+    local.signal(signal.SIGINT)
+    assert local.wait() == 0
+
+
+def test_python_m_kq_local_is_the_same_command_as_kq_local_kafka() -> None:
+    import subprocess
+    import sys
+
+    module = subprocess.run(
+        [sys.executable, "-m", "kq.local", "--help"], capture_output=True, text=True, timeout=60
+    )
+    command = kq("local-kafka", "--help")
+    assert module.returncode == command.returncode == 0
+    assert module.stdout.replace("python -m kq.local", "kq local-kafka") == command.stdout
+    assert "--port" in command.stdout and "--users-file" in command.stdout
+
+
 def test_version() -> None:
     done = kq("--version")
     assert done.returncode == 0 and kq_api.__version__ in done.stdout

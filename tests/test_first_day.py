@@ -151,3 +151,51 @@ def test_worker_started_before_its_topic_takes_jobs_once_it_exists(
         worker.stop()
         thread.join(30)
         consumer.close()
+
+
+# -- a wrong address: fast, quiet, clear -----------------------------------------------
+
+_WRONG_ADDRESS = """
+import sys, time
+from kq import Queue, Worker, ClusterError, EnqueueError
+kind, client = sys.argv[1], sys.argv[2]
+started = time.monotonic()
+try:
+    if kind == "worker":
+        Worker.connect("127.0.0.1:1", "jobs", group="g", client=client, connect_timeout=2)
+    else:
+        Queue.connect("127.0.0.1:1", "jobs", client=client, connect_timeout=2)
+except (ClusterError, EnqueueError) as exc:
+    print(type(exc).__name__, exc)
+    print(f"seconds {time.monotonic() - started:.1f}")
+else:
+    print("connected")
+"""
+
+
+@pytest.mark.parametrize("kind", ["worker", "queue"])
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_wrong_address_fails_in_connect_timeout_with_one_clear_error(
+    kind: str, client: ClientName
+) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _WRONG_ADDRESS, kind, client],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = done.stdout.splitlines()
+    assert lines[0] == (
+        f"{'ClusterError' if kind == 'worker' else 'EnqueueError'} "
+        + ("" if kind == "worker" else "could not enqueue to topic 'jobs': ")
+        + "no Kafka broker answered at 127.0.0.1:1 within 2 s"
+        + lines[0].split(" within 2 s", 1)[1]
+    ), done.stdout
+    # the client's own retry chatter never reaches stderr raw (librdkafka's
+    # lines go through Python logging, a repeated one once a minute)
+    raw = [line for line in done.stderr.splitlines() if line.startswith("%")]
+    assert raw == [], done.stderr[-2000:]
+    assert len(done.stderr.splitlines()) <= 5, done.stderr[-2000:]

@@ -40,8 +40,7 @@ def test_mark_committed_suppresses_repeats_and_drop_forgets() -> None:
 def test_a_failed_asynchronous_commit_is_offered_again() -> None:
     tracker = OffsetTracker()
     for offset in (0, 1):
-        tracker.started(TP, offset)
-        tracker.finished(TP, offset)
+        tracker.finished(tracker.started(TP, offset), offset)
     tracker.mark_committed({TP: 2})
     assert tracker.committable() == {}
     tracker.commit_failed({TP: 2})
