@@ -244,6 +244,8 @@ class Worker:
         headers = self._consumer.headers.pop(
             (message.topic, message.partition, message.offset), None
         )
+        if self._router.foreign(headers):
+            return True  # another group's retry: committed here, run there
         attempt = self._router.attempt(headers)
         token = set_current(attempt)
         try:

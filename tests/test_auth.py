@@ -324,7 +324,7 @@ def test_worker_with_retries_needs_only_its_topic_and_group_prefixes(
         "dave", ["READ", "WRITE", "DESCRIBE", "CREATE"], topic=f"{topic}.kq-", prefixed=True
     )
     secure_kafka.grant("dave", "READ", group=group)
-    secure_kafka.grant("dave", "READ", group=f"{group}.kq-delay")
+    secure_kafka.grant("dave", "READ", group=f"{topic}.kq-delay")  # the topic's forwarders
 
     queue = Queue.connect(
         secure_kafka.bootstrap_servers,
