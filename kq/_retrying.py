@@ -96,11 +96,6 @@ class RetryRouter:
         if self._forwarder is not None:
             self._forwarder.stop()
 
-    @property
-    def forwarder(self) -> Forwarder | None:
-        """This worker's delay forwarder (None with scheduling off or before ``start``)."""
-        return self._forwarder
-
     def foreign(self, headers: Mapping[str, bytes] | None) -> bool:
         """Whether the message is a retry of another consumer group (not to be run here)."""
         if not headers:

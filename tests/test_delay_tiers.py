@@ -76,10 +76,10 @@ def test_a_delayed_enqueue_is_checked_against_the_home_topics_limit(
     bootstrap: str, make_topic: Any, tmp_path: Path, client: str
 ) -> None:
     topic = make_topic(config={"max.message.bytes": "20000"})
-    queue = Queue.connect(bootstrap, topic, client=client)
     big = "x" * 50_000
-    with pytest.raises(EnqueueError):
-        queue.enqueue(stamp, str(tmp_path / "ledger"), big)
+    with pytest.raises(EnqueueError):  # the broker refuses it
+        Queue.connect(bootstrap, topic, client=client).enqueue(stamp, str(tmp_path / "l"), big)
+    queue = Queue.connect(bootstrap, topic, client=client)
     with pytest.raises(EnqueueError, match=r"max\.message\.bytes"):
         queue.using(delay=1).enqueue(stamp, str(tmp_path / "ledger"), big)
     queue.using(delay=1).enqueue(stamp, str(tmp_path / "ledger"), "small")  # still fine

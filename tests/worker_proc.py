@@ -147,3 +147,7 @@ class _Injection:
 
     def failed(self) -> int:
         return sum(p.failed for p in self.producers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
