@@ -74,9 +74,9 @@ def test_10_forward_failures_lose_nothing_and_deliver_nothing_twice(
     queue = Queue.connect(bootstrap, topic, client=client)
     due: dict[str, float] = {}
     delayed = [f"{'f-' if n % 3 == 0 else ''}d{n:03d}" for n in range(300)]
-    for seconds in (1, 2, 4, 6):
+    for index, seconds in enumerate((1, 2, 4, 6)):
         with queue.using(delay=seconds).batch() as batch:
-            for name in delayed[seconds % 4 :: 4]:
+            for name in delayed[index::4]:
                 job = batch.enqueue(Job(id=name, func=mark, args=(ledger, name), key=name.encode()))
                 due[name] = (job.timestamp or 0) / 1000 + seconds
     retried = [f"{'f-' if n % 3 == 0 else ''}r{n:03d}" for n in range(100)]
