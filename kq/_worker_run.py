@@ -136,7 +136,13 @@ def run_worker(settings: WorkerSettings) -> int:
         if not running:
             raise _StopBeforeStart
         asked.append(signum)
-        running[0].stop(immediately=len(asked) > 1)  # a second signal: at once
+        immediately = len(asked) > 1  # a second signal: at once
+        logging.getLogger("kq.runtime").info(
+            "Signal %s: %s",
+            signal.Signals(signum).name,
+            "stopping at once" if immediately else "finishing running jobs, then stopping",
+        )
+        running[0].stop(immediately=immediately)
 
     main = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.getsignal(sig) for sig in _SIGNALS} if main else {}

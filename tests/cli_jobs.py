@@ -69,3 +69,14 @@ def process_gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def spawn_and_wait(path: str, seconds: float) -> int:
+    """Start ``sleep seconds`` and wait for it (first run only); note ``<its pid> <our pid>``."""
+    import subprocess
+
+    if os.path.exists(path):
+        return 0
+    child = subprocess.Popen(["sleep", str(seconds)])
+    _append(path, f"{child.pid} {os.getpid()}")
+    return child.wait()

@@ -238,6 +238,27 @@ def test_supervisor_worker_sigkilled_takes_its_timed_job_process_with_it(
     wait_until(lambda: len(noted(notes)) == 2, "the rerun in a worker")
 
 
+def test_supervisor_kills_what_a_killed_worker_left_in_its_process_group(
+    bootstrap: str, topic: str, tmp_path: Path, procs: Processes
+) -> None:
+    """A job started a process of its own (here ``sleep``); its worker child is SIGKILLed:
+    the supervisor kills what is left of the child's process group, which the job's
+    process would otherwise outlive (re-parented to init)."""
+    from cli_jobs import noted, process_gone, spawn_and_wait
+
+    notes = str(tmp_path / "pids")
+    supervisor = _worker(procs, bootstrap, topic, group_name(), "--processes", "2")
+    for index in (0, 1):
+        pid = int(supervisor.wait_for(rf"Worker {index} started \(pid (\d+)\)").group(1))
+        supervisor.wait_for(rf"\[{pid}\] kq.worker: Starting Worker")
+    Queue.connect(bootstrap, topic).enqueue(spawn_and_wait, notes, 100)
+    [(sleep_pid, worker_pid)] = wait_until(lambda: noted(notes), "the job to start its process")
+    assert worker_pid in supervisor.child_pids()
+    os.kill(worker_pid, signal.SIGKILL)  # a child of a process this test started, by pid
+    supervisor.wait_for(rf"\(pid {worker_pid}\) was killed by SIGKILL")
+    wait_until(lambda: process_gone(sleep_pid), "the job's own process to end", 20)
+
+
 _RELOADED_JOB = """
 def job(ledger):
     with open(ledger, "a") as f:
