@@ -96,12 +96,16 @@ class _Partitions:
 
     held: dict[TP, int] = field(default_factory=dict)  # paused -> when to resume (ms)
     anchors: dict[TP, tuple[int, int]] = field(default_factory=dict)  # (offset, first read)
-    delivered: dict[TP, set[int]] = field(default_factory=dict)  # sent, not yet committed
     failures: dict[TP, int] = field(default_factory=dict)  # consecutive failed rounds
+    # Sent and acknowledged, behind a record whose send failed, so not committed
+    # yet. Kept across rebalances and restarts: a record this forwarder delivered
+    # needs no second delivery, whoever owned its partition meanwhile.
+    delivered: dict[TP, set[int]] = field(default_factory=dict)
 
     def forget(self, tps: list[TP]) -> None:
+        """A new consumer or assignment: nothing is paused or anchored any more."""
         for tp in tps:
-            for table in (self.held, self.anchors, self.delivered, self.failures):
+            for table in (self.held, self.anchors, self.failures):
                 table.pop(tp, None)
 
 
@@ -147,6 +151,7 @@ class Forwarder:
         self.last_error: str | None = None
         self.forwarded = 0
         self.dead_lettered = 0
+        self._parts = _Partitions()
         _FORWARDERS.add(self)
 
     def start(self) -> None:
@@ -211,7 +216,8 @@ class Forwarder:
                 "heartbeat.interval.ms": 1000,
             }
         )
-        parts = _Partitions()
+        parts = self._parts
+        parts.forget(list({*parts.held, *parts.anchors, *parts.failures}))
 
         def forget(_consumer: Any, partitions: list[Any]) -> None:
             parts.forget([(tp.topic, tp.partition) for tp in partitions])
