@@ -129,8 +129,7 @@ def run_worker(settings: WorkerSettings) -> int:
     second one stops it at once).
     """
     running: list[Any] = []
-
-    asked: list[int] = []
+    asked: list[int] = []  # signals received while the worker runs
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if not running:

@@ -93,7 +93,7 @@ class RetryPolicy:
             value = getattr(self, name)
             if not is_number(value):
                 fail_type(f"{name} must be an int or float")
-            if not math.isfinite(value):  # NaN passes every comparison below
+            if isinstance(value, float) and not math.isfinite(value):  # NaN passes every check
                 fail_value(f"{name} must be a finite number, not {value!r}")
             if value < 0:
                 fail_value(f"{name} must be 0 or greater")

@@ -36,6 +36,7 @@ def test_delay_never_overflows_and_stops_at_max_backoff() -> None:
     steep = RetryPolicy(max_attempts=10, backoff=1e-3, factor=1e6, max_backoff=5, jitter=0)
     assert steep.delay(9) == 5.0 and steep.delay(10**9) == 5.0
     assert RetryPolicy(backoff=0, max_backoff=0).delay(50) == 0.0
+    assert RetryPolicy(factor=10**400, max_backoff=5, jitter=0).delay(3) == 5.0
 
 
 @pytest.mark.parametrize(
