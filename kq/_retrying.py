@@ -1,13 +1,19 @@
-"""The worker's side of retries, delays and dead letters."""
+"""The worker's side of retries, delays and dead letters.
+
+A retry is written to a delay tier with the worker's consumer group in
+``kq-group``: it comes back to the job topic, which every group on the topic
+reads, and only that group runs it (``RetryRouter.foreign``). It keeps the
+partition its failed attempt was read from.
+"""
 
 from __future__ import annotations
 
 import threading
-import time
 import traceback
 from collections.abc import Mapping
 from typing import Any
 
+from kq._forwarder import Forwarder
 from kq._logs import RETRIES
 from kq._producer import ProducerAdapter, Record, adapt_producer
 from kq.message import Message
@@ -15,6 +21,7 @@ from kq.retry import (
     H_ATTEMPT,
     H_ERROR,
     H_FIRST,
+    H_GROUP,
     H_RETRY,
     H_SOURCE,
     H_STATUS,
@@ -23,11 +30,12 @@ from kq.retry import (
     RetryPolicy,
 )
 from kq.schedule import (
-    Forwarder,
+    connection_settings,
     dead_letter_topic,
     delay_topics,
     delayed_record,
     ensure_topics,
+    now_ms,
 )
 
 _SEND_TRIES = 3
@@ -49,7 +57,10 @@ class RetryRouter:
         self._first = Attempt(1, None, default_policy)
         self.dead_topic = dead_topic or dead_letter_topic(topic)
         self._scheduling = scheduling
-        self._config = dict(config or {})
+        # connecting and logging in only: settings meant for the worker's own
+        # consumer (assignment strategy, group.instance.id, ...) would break these
+        self._config = connection_settings(config)
+        self._group = ""
         self._logger = RETRIES
         self._lock = threading.Lock()
         self._producer: ProducerAdapter | None = None
@@ -60,6 +71,7 @@ class RetryRouter:
     def start(self, bootstrap: str, group: str) -> None:
         """Start forwarding this topic's delayed jobs (when scheduling is on)."""
         self._bootstrap = bootstrap
+        self._group = group
         if not self._scheduling:
             return
         if bootstrap in ("", "unknown"):
@@ -71,7 +83,11 @@ class RetryRouter:
             return
         if self._forwarder is None:
             self._forwarder = Forwarder(
-                bootstrap, self._topic, group, self._lazy_producer(), self._config
+                bootstrap,
+                self._topic,
+                self._lazy_producer(),
+                self._config,
+                dead_topic=self.dead_topic,
             )
         self._forwarder.start()
 
@@ -79,6 +95,18 @@ class RetryRouter:
         """Stop the forwarder."""
         if self._forwarder is not None:
             self._forwarder.stop()
+
+    def foreign(self, headers: Mapping[str, bytes] | None) -> bool:
+        """Whether the message is a retry of another consumer group (not to be run here)."""
+        if not headers:
+            return False
+        owner = headers.get(H_GROUP)
+        if owner is None or owner == self._group.encode():
+            return False
+        self._logger.debug(
+            "Skipping a retry of group %r (this is %r)", owner.decode(errors="replace"), self._group
+        )
+        return True
 
     def attempt(self, headers: Mapping[str, bytes] | None) -> Attempt:
         """The attempt a delivered message is; bad kq headers count as a first attempt."""
@@ -108,11 +136,12 @@ class RetryRouter:
         policy = attempt.policy
         if policy is None:
             return True
-        now = int(time.time() * 1000)
+        now = now_ms()
         first = attempt.first_enqueued_ms or job_timestamp or now
         base: dict[str, bytes] = dict(headers or {})
         base[H_FIRST] = str(first).encode()
         base[H_RETRY] = policy.to_header()
+        base[H_GROUP] = self._group.encode()  # only this group runs the retry
         # where the job was first read: retries are new records, the dead letter names the original
         base.setdefault(H_SOURCE, f"{message.topic}/{message.partition}/{message.offset}".encode())
         if policy.retries(status, attempt.number):
@@ -123,7 +152,9 @@ class RetryRouter:
                 return True
             base[H_ATTEMPT] = str(attempt.number + 1).encode()
             due = now + int(policy.delay(attempt.number) * 1000)
-            record = delayed_record(self._topic, message.value, message.key, base, due, now)
+            record = delayed_record(
+                self._topic, message.value, message.key, base, due, now, message.partition
+            )
             self._logger.info(
                 "Attempt %s failed (%s); retry %s due in %.1fs",
                 attempt.number,

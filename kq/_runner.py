@@ -107,6 +107,8 @@ class MessageRunner:
         headers = tag[1]
         job: Job | None = None
         try:
+            if self._router.foreign(headers):
+                return True  # another group's retry: committed here, run there
             attempt = self._router.attempt(headers)
             token = set_current(attempt)
             try:

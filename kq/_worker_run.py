@@ -21,7 +21,9 @@ from typing import Any
 
 __all__ = ["WorkerSettings", "run_worker"]
 
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP (a closed terminal) stops a worker as SIGTERM does; the worker itself
+# takes over SIGTERM and SIGINT once it runs.
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 
@@ -122,15 +124,24 @@ class _StopBeforeStart(BaseException):
 def run_worker(settings: WorkerSettings) -> int:
     """Build the worker (and its metrics endpoint), run it until stopped; return the exit code.
 
-    A SIGTERM or SIGINT before the worker runs ends the process quietly with 0;
-    once it runs, the worker's own graceful shutdown handles them.
+    A SIGTERM, SIGINT or SIGHUP before the worker runs ends the process quietly
+    with 0; once it runs, the worker's own graceful shutdown handles them (a
+    second one stops it at once).
     """
     running: list[Any] = []
+    asked: list[int] = []  # signals received while the worker runs
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if not running:
             raise _StopBeforeStart
-        running[0].stop()
+        asked.append(signum)
+        immediately = len(asked) > 1  # a second signal: at once
+        logging.getLogger("kq.runtime").info(
+            "Signal %s: %s",
+            signal.Signals(signum).name,
+            "stopping at once" if immediately else "finishing running jobs, then stopping",
+        )
+        running[0].stop(immediately=immediately)
 
     main = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.getsignal(sig) for sig in _SIGNALS} if main else {}

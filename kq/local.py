@@ -874,7 +874,8 @@ class LocalKafka:
         ``READ``, ``WRITE`` (due retries come home) and ``DESCRIBE`` on the
         topic; ``READ``, ``WRITE``, ``DESCRIBE`` and ``CREATE`` on the prefix
         ``<topic>.kq-`` (delay tiers and dead letters); ``READ`` on the group
-        and on the delay forwarder's group ``<group>.kq-delay``.
+        and on the delay forwarders' group ``<topic>.kq-delay`` (shared by every
+        worker group of the topic).
         """
         self.grant(principal, ["READ", "WRITE", "DESCRIBE"], topic=topic, timeout=timeout)
         self.grant(
@@ -885,7 +886,7 @@ class LocalKafka:
             timeout=timeout,
         )
         self.grant(principal, "READ", group=group, timeout=timeout)
-        self.grant(principal, "READ", group=forwarder_group(group), timeout=timeout)
+        self.grant(principal, "READ", group=forwarder_group(topic), timeout=timeout)
 
     def grant_consumer(
         self,

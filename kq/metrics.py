@@ -27,6 +27,10 @@ Metrics (labels ``topic`` and ``group`` on each):
 - ``kq_partitions_held``: partitions taking no new jobs because the retry or
   dead letter of one of their jobs cannot be written (delay topics
   unreachable); alert when it stays above 0.
+- ``kq_delay_forwarder_up``: delay forwarders of the topic running in this
+  process (0 while one is down and waiting to be restarted);
+- ``kq_delay_forwarder_restarts``: how often they died and were restarted;
+- ``kq_delay_forwarded``: records they moved out of the delay tiers.
 
 Lag is reported per owned partition, so summing ``kq_partition_lag`` over
 every worker of a group gives the group's lag without double counting.
@@ -79,6 +83,9 @@ class _Families:
     committed: Gauge
     rebalances: Counter
     held: Gauge
+    forwarder_up: Gauge
+    forwarder_restarts: Gauge
+    forwarded: Gauge
 
 
 _FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
@@ -137,6 +144,24 @@ def _families(registry: CollectorRegistry) -> _Families:
                 base,
                 registry=registry,
             ),
+            forwarder_up=Gauge(
+                "kq_delay_forwarder_up",
+                "Delay forwarders of the topic running in this process",
+                base,
+                registry=registry,
+            ),
+            forwarder_restarts=Gauge(
+                "kq_delay_forwarder_restarts",
+                "Times the delay forwarders of the topic in this process died and were restarted",
+                base,
+                registry=registry,
+            ),
+            forwarded=Gauge(
+                "kq_delay_forwarded",
+                "Records moved out of the delay tiers by this process's forwarders",
+                base,
+                registry=registry,
+            ),
         )
         _FAMILIES[registry] = families
         return families
@@ -165,6 +190,7 @@ class PrometheusObserver:
         self._m.commits.labels(*self._labels)
         for event in ("assigned", "revoked", "lost"):
             self._m.rebalances.labels(*self._labels, event)
+        self._watch_forwarders()
 
     # -- WorkerObserver ------------------------------------------------------
 
@@ -217,6 +243,24 @@ class PrometheusObserver:
             return 0.0 if watched is None else float(watched.in_flight)
 
         self._m.in_flight.labels(*self._labels).set_function(in_flight)
+
+    def _watch_forwarders(self) -> None:
+        from kq._forwarder import forwarders
+
+        topic = self.topic
+
+        def up() -> float:
+            return float(sum(1 for f in forwarders(topic) if f.state == "running"))
+
+        def restarts() -> float:
+            return float(sum(f.restarts for f in forwarders(topic)))
+
+        def forwarded() -> float:
+            return float(sum(f.forwarded for f in forwarders(topic)))
+
+        self._m.forwarder_up.labels(*self._labels).set_function(up)
+        self._m.forwarder_restarts.labels(*self._labels).set_function(restarts)
+        self._m.forwarded.labels(*self._labels).set_function(forwarded)
 
     def set_lag(self, lags: Mapping[int, int]) -> None:
         """Publish lag per partition (only partitions still owned)."""

@@ -30,7 +30,14 @@ from kq.clients import ClientName, login_settings, make_producer
 from kq.errors import BatchEnqueueError, ClusterError, EnqueueError
 from kq.job import Job
 from kq.retry import RetryPolicy, encode_headers
-from kq.schedule import delay_topics, delayed_record, ensure_topics
+from kq.schedule import (
+    check_fits,
+    check_wait,
+    delay_topics,
+    delayed_record,
+    ensure_topics,
+    topic_limit,
+)
 from kq.serialization import dumps as fast_dumps
 from kq.serialization import loads as fast_loads
 from kq.signing import SIGNATURE_HEADER, Signer
@@ -79,19 +86,7 @@ class EnqueueSpec:
         check_int_or_none(partition, "partition must be an int")
         if retry is not None and not isinstance(retry, RetryPolicy):
             fail_type("retry must be a kq.RetryPolicy")
-        if delay is not None:
-            if not is_number(delay):
-                fail_type("delay must be an int or float (seconds)")
-            if delay < 0:
-                fail_value("delay must be 0 or greater")
-        if eta is not None:
-            if delay is not None:
-                fail_value("give delay or eta, not both")
-            if isinstance(eta, datetime.datetime):
-                if eta.tzinfo is None:
-                    fail_value("eta must be a timezone-aware datetime")
-            elif not is_number(eta):
-                fail_type("eta must be a datetime or a Unix time in seconds")
+        check_wait(delay, eta)
         self._queue = queue
         self._timeout = timeout
         self._key = key
@@ -178,7 +173,10 @@ class EnqueueSpec:
         if due is None or due <= timestamp:
             return (queue._topic, value, job.key, job.partition, timestamp, headers)
         queue._ensure_delay_topics()
-        return delayed_record(queue._topic, value, job.key, dict(headers), due, timestamp)
+        check_fits(queue._topic, queue._home_limit, job.key, value, headers)
+        return delayed_record(
+            queue._topic, value, job.key, dict(headers), due, timestamp, job.partition
+        )
 
     def enqueue(self, func: Callable[..., Any] | Job, *args: Any, **kwargs: Any) -> Job:
         """Send a call (or a Job) to the topic; return the Job once the broker acknowledged it.
@@ -371,6 +369,7 @@ class Queue:
         self._retry = retry
         self._admin_config = dict(admin_config or {})
         self._delay_topics_ready = False
+        self._home_limit: int | None = None
         self._adapter: ProducerAdapter = adapt_producer(producer)
         check_callable_or_none(serializer, "serializer must be a callable")
         check_timeout(timeout)
@@ -503,6 +502,7 @@ class Queue:
             )
         except Exception as exc:
             raise EnqueueError(self._topic, f"cannot create its delay topics: {exc}", exc) from exc
+        self._home_limit = topic_limit(self._adapter.hosts, self._topic, self._admin_config)
         self._delay_topics_ready = True
 
 

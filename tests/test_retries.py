@@ -5,8 +5,7 @@ from __future__ import annotations
 import datetime
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from kafka_checks import committed, group_name, produce_raw
 from ledger_jobs import starts, wait_for
 from retry_jobs import attempts_seen, flaky, flaky_async, run_times, slow, stamp
+from tier_checks import running
 
 from kq import DeadLetters, Job, Queue, RetryPolicy, Worker
 from kq.retry import Attempt
@@ -38,19 +38,6 @@ class Calls:
             self.items.append(
                 (status, job.args[1] if job else None, attempt.number if attempt else None)
             )
-
-
-@contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
-    """Run ``worker.start()`` in a thread for the duration of the block."""
-    thread = threading.Thread(target=worker.start, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "worker did not stop"
 
 
 def _until(predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
