@@ -8,6 +8,7 @@ bounded by the connection's ``timeout``; a broker that does not answer is a
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -147,7 +148,6 @@ class Cluster:
         ``replication_factor`` None takes the cluster's default. ``ClusterError``
         says why it could not be created (it exists, a bad setting, no rights, …).
         """
-        import time
 
         from confluent_kafka.cimpl import NewTopic
 
@@ -333,7 +333,12 @@ def check_reachable(bootstrap_servers: str, config: Mapping[str, Any], timeout: 
     try:
         admin.list_topics(timeout=timeout)
     except Exception as exc:
-        admin.poll(0)  # serves queued log lines
+        # The log lines come through the client's queue, served by poll; the
+        # last ones may still be on their way from its threads.
+        settle = time.monotonic() + 1.0
+        admin.poll(0)
+        while not noted.errors and time.monotonic() < settle:
+            admin.poll(0.05)
         reason = noted.reason() or _reason(exc)
         if "closed by peer" in reason and "security.protocol" not in config:
             reason += "; does the cluster want a login or TLS (security.protocol)?"
