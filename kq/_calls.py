@@ -23,6 +23,39 @@ def _safe_repr(value: Any) -> str:
         return f"<unrepresentable: repr() of {kind} raised {reason}>"
 
 
+class SafeRepr:
+    """Formats as ``repr(value)``, or ``<unrepresentable: ...>`` when that raises (lazily)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        value = self.value
+        try:
+            return repr(value)
+        except (Exception, SystemExit):
+            if not isinstance(value, Job):
+                return _safe_repr(value)
+        # Job(id=..., args=(..., <unrepresentable: ...>), ...): only the parts that fail
+        fields = ", ".join(
+            f"{name}={_part(getattr(value, name))}" for name in Job.__dataclass_fields__
+        )
+        return f"Job({fields})"
+
+
+def _part(value: Any) -> str:
+    if type(value) in (tuple, list):
+        inner = ", ".join(_safe_repr(v) for v in value)
+        if type(value) is list:
+            return f"[{inner}]"
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if type(value) is dict:
+        return "{" + ", ".join(f"{_safe_repr(k)}: {_safe_repr(v)}" for k, v in value.items()) + "}"
+    return _safe_repr(value)
+
+
 def _name(func: Callable[..., Any]) -> str:
     if inspect.ismethod(func) or inspect.isfunction(func) or inspect.isbuiltin(func):
         return f"{func.__module__}.{func.__qualname__}"

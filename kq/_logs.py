@@ -34,7 +34,8 @@ PRODUCER = logging.getLogger("kq.producer")
 
 CLIENT = logging.getLogger("kq.client")
 """librdkafka's own lines, for the confluent-kafka clients kq builds: through
-Python logging (never raw on stderr), a repeated line at most once a minute."""
+Python logging (never raw on stderr), errors only by default (its warnings are
+retries it makes by itself), a repeated line at most once a minute."""
 
 _DIGITS = re.compile(r"\d+")
 
@@ -71,3 +72,7 @@ class _Repeats(logging.Filter):
 
 
 CLIENT.addFilter(_Repeats())
+# librdkafka warns of every transient condition it retries by itself (a
+# coordinator still loading, a broker reconnecting); errors stay visible.
+# kq.client at WARNING or DEBUG shows them: logging.getLogger("kq.client").setLevel(...)
+CLIENT.setLevel(logging.ERROR)

@@ -107,15 +107,17 @@ def _source(raw: bytes | None, problems: list[str]) -> tuple[str, int, int]:
     topic, _, offset = raw.rpartition(b"/")
     topic, _, partition = topic.rpartition(b"/")
     name = topic.decode(errors="replace")
+    # "-" for a position not known: a delayed job that could not go home was
+    # never read from its topic (the forwarder's "undeliverable" letters)
     if (
         not _TOPIC_NAME.fullmatch(name)
-        or not partition.isdigit()
-        or not offset.isdigit()
+        or not (partition.isdigit() or partition == b"-")
+        or not (offset.isdigit() or offset == b"-")
         or max(len(partition), len(offset)) > 19
     ):
         problems.append(f"malformed {H_SOURCE} header {raw[:80]!r}")
         return "", -1, -1
-    return name, int(partition), int(offset)
+    return name, int(partition) if partition != b"-" else -1, int(offset) if offset != b"-" else -1
 
 
 def _letter(

@@ -13,6 +13,7 @@ from typing import Any
 import dill
 
 from kq._admin import check_reachable
+from kq._calls import SafeRepr
 from kq._checks import (
     check_bytes_or_none,
     check_callable_or_none,
@@ -156,7 +157,9 @@ class EnqueueSpec:
 
     def _record(self, job: Job) -> Outgoing:
         queue = self._queue
-        queue._logger.info("Enqueueing %s ...", job)
+        if queue._logger.isEnabledFor(logging.INFO):
+            # KQ's line; a job whose repr() raises is enqueued all the same
+            queue._logger.info("Enqueueing %s ...", SafeRepr(job))
         try:
             value = queue._encode(job)
         except Exception as exc:

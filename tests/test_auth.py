@@ -467,7 +467,10 @@ def test_producer_without_valid_credentials_cannot_enqueue(
     if login == "wrong-password":
         assert "authentication failed" in str(error).lower(), str(error)
     else:
-        assert "disconnected" in str(error).lower(), str(error)
+        # The broker drops a client that does not log in; if it had not done so
+        # by the deadline (a loaded machine), librdkafka's own words are all there is.
+        text = str(error).lower()
+        assert "disconnected" in text or "broker transport failure" in text, str(error)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
