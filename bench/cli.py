@@ -267,7 +267,13 @@ def run_profile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run."""
+    """Parse the command line and run (``--field``: the field benchmark, ``bench.field.cli``)."""
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    if "--field" in args_list:
+        from bench.field.cli import main as field_main
+
+        signal.signal(signal.SIGTERM, _terminate)
+        return field_main([a for a in args_list if a != "--field"])
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="kq's benchmarks on a local Kafka: medians of kq beside references "
@@ -285,7 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         "(with --quick: the quick counts)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the children's output files")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--field",
+        action="store_true",
+        help="the field benchmark instead: kq beside taskiq, FastStream, Celery and Faust "
+        "(its own options: python -m bench --field --help)",
+    )
+    args = parser.parse_args(args_list)
     settings = Settings.quick() if args.quick else Settings.default()
     signal.signal(signal.SIGTERM, _terminate)
     if args.profile:
