@@ -52,7 +52,7 @@ class FieldSettings:
                 "raw": 200_000,
                 "taskiq": 20_000,
                 "faststream": 3_000,
-                "celery": 3_000,
+                "celery": 5_000,
                 "faust": 20_000,
             },
             single={
@@ -66,11 +66,11 @@ class FieldSettings:
                 "kq": 200_000,
                 "raw": 400_000,
                 "taskiq": 20_000,
-                "faststream": 50_000,
+                "faststream": 200_000,
                 "celery": 3_000,
-                "faust": 20_000,
+                "faust": 50_000,
             },
-            io={"kq": 3_200, "taskiq": 3_200, "faststream": 200, "celery": 3_200, "faust": 3_200},
+            io={"kq": 6_400, "taskiq": 6_400, "faststream": 200, "celery": 6_400, "faust": 6_400},
         )
 
     @classmethod

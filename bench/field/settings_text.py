@@ -46,7 +46,7 @@ SETTINGS = (
     "the Kafka broker yields plain bytes, so `--ack-type` has nothing to acknowledge; "
     "offsets are aiokafka's auto-commits (every 5 s) of what the receiver was handed, "
     "before the job ran. Batched: taskiq has no batch API; `asyncio.gather` of `kiq` "
-    "calls, 5,000 at a time, lets aiokafka batch them.",
+    "calls, 100 at a time (7 times as fast as 5,000 at a time), lets aiokafka batch them.",
     "**FastStream** (`KafkaBroker`, on aiokafka): `faststream run faststream_peer:app`; "
     '`@broker.subscriber(topic, group_id=..., auto_offset_reset="earliest", '
     "ack_policy=AckPolicy.ACK)` — its documented at-least-once: the offset is committed "
