@@ -7,6 +7,7 @@ was rebalancing when the worker stopped (another member had just left).
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
@@ -23,6 +24,7 @@ from throughput_support import WorkerThread
 
 import kq.worker
 from kq import Job, Queue, Worker
+from kq._worker_run import WorkerSettings, worker_options
 from kq.clients import ClientName, make_consumer
 from kq.local import LocalKafka
 
@@ -114,6 +116,44 @@ def test_a_lost_asynchronous_commit_is_sent_again_at_the_next_interval(
         run.join()
     # offered again by a plain round, not only by the every-tenth-round safety net
     assert offered[:2] == [(False, {("t", 0): 3}), (False, {("t", 0): 3})], offered
+
+
+class _Clock:
+    """``kq.worker``'s view of ``time``: monotonic time moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleep = time.sleep
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_finished_job_is_committed_a_tenth_of_a_second_later_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default commit interval (bench/field's sweep chose it): 0.1 s after a job
+    finished, its offset is committed while the worker runs on; ``kq worker``
+    passes no interval of its own, so it gets the same."""
+    assert inspect.signature(Worker).parameters["commit_interval"].default == 0.1
+    assert "commit_interval" not in worker_options(
+        WorkerSettings(bootstrap="b", topic="t", group="g")
+    )
+    fake = FakeConsumer("t")
+    _jobs(fake, 1)
+    clock = _Clock()
+    monkeypatch.setattr(kq.worker, "time", clock)
+    worker = _fake_worker(monkeypatch, fake)
+    run = WorkerThread(worker).start()
+    try:
+        assert wait_for(lambda: worker._processed == 1, timeout=10)
+        time.sleep(0.3)  # loop rounds at a standstill clock: no interval has passed
+        assert fake.commits == []
+        clock.now += 0.15
+        assert wait_for(lambda: fake.commits == [{("t", 0): 1}], timeout=10), fake.commits
+    finally:
+        worker.stop()
+        run.join()
 
 
 def test_a_refused_final_commit_is_tried_again_after_polling(
