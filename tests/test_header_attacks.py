@@ -126,7 +126,12 @@ class _Router(RetryRouter):
         return True
 
 
-def _runner(router: RetryRouter, outcomes: Outcomes, verifier: Verifier | None) -> MessageRunner:
+def _runner(
+    router: RetryRouter,
+    outcomes: Outcomes,
+    verifier: Verifier | None,
+    max_bytes: int | None = None,
+) -> MessageRunner:
     from kq.serialization import loads
 
     return MessageRunner(
@@ -136,7 +141,7 @@ def _runner(router: RetryRouter, outcomes: Outcomes, verifier: Verifier | None) 
         router=router,
         decode=loads,
         verifier=verifier,
-        max_bytes=None,
+        max_bytes=max_bytes,
         abort=threading.Event(),
         loop=EventLoopThread(),
         owns=lambda tp: True,
@@ -183,3 +188,18 @@ def test_fuzzed_headers_are_read_as_an_attempt_or_a_value_error(headers: dict[st
     except ValueError:
         return
     assert attempt.number >= 1
+
+
+def test_headers_count_in_the_size_limit_and_are_not_read_past_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A small job with a 10 kB kq-retry header: over ``max_message_bytes``, refused unread."""
+    outcomes = Outcomes()
+    runner = _runner(_Router(None), outcomes, None, max_bytes=4096)
+    value = dumps(Job(id="j", func=pow, args=(2, 3)))
+    headers = {"kq-retry": b"[" * 10_000, "kq-group": b"other"}
+    with caplog.at_level(logging.DEBUG, logger="kq"):
+        assert runner.process(Message("t", 0, 0, None, value), (None, headers)) is True
+    assert outcomes.items == [("invalid", None)]
+    assert "exceeds max_message_bytes=4096" in caplog.text
+    assert "bad retry headers" not in caplog.text and "Skipping a retry" not in caplog.text

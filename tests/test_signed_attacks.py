@@ -305,3 +305,16 @@ def test_the_forwarder_subscribes_to_its_own_tiers_only() -> None:
     for other in ("jobs.a.kq-delay-evil", "jobs.a.kq-delay-1s.x", "jobsXa.kq-delay-1s",
                   "jobs.a.kq-dead", "jobs.a.kq-delay-1sx", "other.kq-delay-1s"):  # fmt: skip
         assert not pattern.match(other), other
+
+
+def test_kq_enqueue_expires(bootstrap: str, topic: str, tmp_path: Path) -> None:
+    from cli_procs import kq
+
+    env = {"KQ_SIGNING_KEY": SECRET.decode()}
+    args = ("enqueue", topic, "builtins:pow", "2", "3", "--expires", "90", "-b", bootstrap)
+    done = kq(*args, env=env)
+    assert done.returncode == 0, done.stderr
+    found = dict(_capture(bootstrap, topic, 0, 0)[2])
+    assert found["kq-ttl"] == b"90000" and found["kq-id"] == done.stdout.strip().encode()
+    unsigned = kq(*args)
+    assert unsigned.returncode != 0 and "signing_key" in unsigned.stderr
