@@ -23,7 +23,8 @@ header vocabulary is defined here (``H_*``):
 
 A bad ``kq-attempt``/``kq-first``/``kq-retry`` header is a ``ValueError``
 here; a worker then logs it on ``kq.retries`` and runs the job as a first
-attempt under its own default policy.
+attempt under its own default policy. A worker with ``signing_keys`` reads
+none of them before the record's size and signature are checked.
 """
 
 from __future__ import annotations
