@@ -244,8 +244,11 @@ def dead_letters_requeue(
 ) -> int:
     """Enqueue dead letters again, each with a fresh set of attempts.
 
-    The letters stay in the dead-letter topic (Kafka cannot delete single
-    records); note the positions you re-enqueued, or use --since next time.
+    They go to TOPIC, or to the topic --to names; never where a letter's own
+    headers point. With --signing-key they are signed again with the first
+    key (a signed letter cannot be re-enqueued without it). The letters stay
+    in the dead-letter topic (Kafka cannot delete single records); note the
+    positions you re-enqueued, or use --since next time.
     """
     conn = connection(bootstrap, client_settings, client_config_file, connect_timeout, verbose)
     if bool(positions) == all_:
@@ -280,7 +283,7 @@ def dead_letters_requeue(
     with progress("requeue", len(good)) as advance:
         for letter in good:
             api.requeue(letter, topic=target)
-            destination = target or letter.source_topic or topic
+            destination = target or topic
             job_id = letter.describe().job_id or "?"
             click.echo(
                 f"{letter.partition}:{letter.offset} -> {safe_text(destination)}"

@@ -3,7 +3,9 @@
 A retry is written to a delay tier with the worker's consumer group in
 ``kq-group``: it comes back to the job topic, which every group on the topic
 reads, and only that group runs it (``RetryRouter.foreign``). It keeps the
-partition its failed attempt was read from.
+partition its failed attempt was read from. A signing worker signs its retries
+and dead letters with its first key (``kq.signing``); one without keys drops
+the signature of a signed job it writes, since its headers changed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from kq.schedule import (
     ensure_topics,
     now_ms,
 )
+from kq.signing import SIGNATURE_HEADER, Signer, ttl_of, validity
 
 _SEND_TRIES = 3
 
@@ -51,8 +54,10 @@ class RetryRouter:
         dead_topic: str | None,
         scheduling: bool,
         config: Mapping[str, Any] | None,
+        signer: Signer | None = None,
     ) -> None:
         self._topic = topic
+        self._signer = signer
         self._default = default_policy
         self._first = Attempt(1, None, default_policy)
         self.dead_topic = dead_topic or dead_letter_topic(topic)
@@ -95,6 +100,11 @@ class RetryRouter:
         """Stop the forwarder."""
         if self._forwarder is not None:
             self._forwarder.stop()
+
+    @property
+    def first(self) -> Attempt:
+        """The attempt of a message whose headers are not read: a first one, default policy."""
+        return self._first
 
     def foreign(self, headers: Mapping[str, bytes] | None) -> bool:
         """Whether the message is a retry of another consumer group (not to be run here)."""
@@ -152,8 +162,16 @@ class RetryRouter:
                 return True
             base[H_ATTEMPT] = str(attempt.number + 1).encode()
             due = now + int(policy.delay(attempt.number) * 1000)
+            if self._signer is not None:
+                base.update(validity(due, ttl_of(base)))
             record = delayed_record(
-                self._topic, message.value, message.key, base, due, now, message.partition
+                self._topic,
+                message.value,
+                message.key,
+                self._sealed(message, base),
+                due,
+                now,
+                message.partition,
             )
             self._logger.info(
                 "Attempt %s failed (%s); retry %s due in %.1fs",
@@ -167,7 +185,10 @@ class RetryRouter:
         base[H_STATUS] = status.encode()
         base[H_ERROR] = (repr(exception) if exception is not None else status).encode()
         base[H_TRACEBACK] = (stacktrace or "").encode()
-        record = Record(self.dead_topic, message.value, message.key, None, now, tuple(base.items()))
+        sealed = self._sealed(message, base)
+        record = Record(
+            self.dead_topic, message.value, message.key, None, now, tuple(sealed.items())
+        )
         self._logger.error(
             "Job at %s/%s/%s failed its last attempt (%s); sent to %s",
             message.topic,
@@ -177,6 +198,12 @@ class RetryRouter:
             self.dead_topic,
         )
         return self._send(record, delay=False)
+
+    def _sealed(self, message: Message, headers: dict[str, bytes]) -> dict[str, bytes]:
+        if self._signer is None:
+            headers.pop(SIGNATURE_HEADER, None)  # no longer matches: refused unsigned or forged
+            return headers
+        return self._signer.seal(self._topic, message.key, message.value, headers)
 
     def _lazy_producer(self) -> ProducerAdapter:
         with self._lock:

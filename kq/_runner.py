@@ -21,8 +21,9 @@ from kq._loop import EventLoopThread
 from kq._retrying import RetryRouter
 from kq.job import Job
 from kq.message import Message
-from kq.retry import Attempt, reset_current, set_current
-from kq.signing import SIGNATURE_HEADER, Verifier
+from kq.retry import H_ID, Attempt, reset_current, set_current
+from kq.schedule import now_ms
+from kq.signing import Verifier
 
 TopicPartition = tuple[str, int]
 Callback = Callable[[str, Message, "Job | None", Any, "BaseException | None", "str | None"], Any]
@@ -107,12 +108,18 @@ class MessageRunner:
         headers = tag[1]
         job: Job | None = None
         try:
-            if self._router.foreign(headers):
-                return True  # another group's retry: committed here, run there
-            attempt = self._router.attempt(headers)
+            # Size and signature before anything of the record is read, its
+            # kq-* headers included: a refused record is one `invalid`.
+            refusal = self._refusal(message, headers) if self._limits else ""
+            if refusal:
+                attempt = self._router.first
+            else:
+                if self._router.foreign(headers):
+                    return True  # another group's retry: committed here, run there
+                attempt = self._router.attempt(headers)
             token = set_current(attempt)
             try:
-                job = self._checked(message, headers)
+                job = self._checked(message, headers, refusal)
                 if job is None:
                     return True
                 return self._run(message, headers, attempt, job)
@@ -154,19 +161,23 @@ class MessageRunner:
         except BaseException as exc:  # also SystemExit: a callback never ends the thread
             self._logger.exception("Callback raised an exception: %s", exc)
 
-    def _check_limits(self, message: Message, headers: Mapping[str, bytes] | None) -> None:
-        # Before anything is deserialized: size first, then the signature.
-        if self._max_bytes is not None and len(message.value) > self._max_bytes:
-            raise InvalidJob(
-                f"message of {len(message.value)} bytes exceeds max_message_bytes={self._max_bytes}"
-            )
+    def _refusal(self, message: Message, headers: Mapping[str, bytes] | None) -> str:
+        """Why the record is refused unread (too large, not validly signed, expired), or ``""``."""
+        if self._max_bytes is not None:
+            # what the worker reads of it: key, value and kq's headers
+            size = len(message.value) + len(message.key or b"")
+            size += sum(len(k) + len(v) for k, v in (headers or {}).items())
+            if size > self._max_bytes:
+                return f"message of {size} bytes exceeds max_message_bytes={self._max_bytes}"
         if self._verifier is not None:
-            signature = (headers or {}).get(SIGNATURE_HEADER)
-            problem = self._verifier.problem(message.topic, message.key, message.value, signature)
-            if problem:
-                raise InvalidJob(problem)
+            return self._verifier.problem(
+                message.topic, message.key, message.value, headers, now_ms()
+            )
+        return ""
 
-    def _checked(self, message: Message, headers: Mapping[str, bytes] | None) -> Job | None:
+    def _checked(
+        self, message: Message, headers: Mapping[str, bytes] | None, refusal: str
+    ) -> Job | None:
         """The message's job, or None once it was reported ``invalid``."""
         # Asked once per job: three INFO lines per no-op job are a measurable
         # share of it even when INFO is off.
@@ -179,9 +190,13 @@ class MessageRunner:
                 message.offset,
             )
         try:
-            if self._limits:
-                self._check_limits(message, headers)
+            if refusal:
+                raise InvalidJob(refusal)
             job = check_job(self._decode(message.value))
+            if self._verifier is not None:
+                signed_id = (headers or {})[H_ID].decode(errors="replace")
+                if job.id != signed_id:
+                    raise InvalidJob(f"job id {job.id!r} is not its signed kq-id {signed_id!r}")
         except BaseException as exc:  # a deserializer may raise anything, sys.exit() included
             self._logger.error("Job was invalid: %s", exc)
             if self._observer is not None:

@@ -5,6 +5,10 @@ to ``<topic>.kq-dead`` with what went wrong in headers. Kafka cannot delete
 single records, so the dead-letter topic is a log: ``list`` reads it (from a
 given offset on), ``requeue`` sends a job back to its topic for a fresh set of
 attempts; note the offsets you have handled, or use ``since``.
+
+A requeue goes to the job topic this ``DeadLetters`` was made for, or to the
+topic its caller names: never to a topic a letter's headers name (whoever wrote
+the letter would otherwise choose where the operator's credentials write).
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from typing import Any
 
 from kq._letter_view import JobSummary, summarize
 from kq._producer import Record, adapt_producer, raise_for
-from kq.retry import H_ATTEMPT, H_ERROR, H_FIRST, H_SOURCE, H_STATUS, H_TRACEBACK
+from kq.retry import H_ATTEMPT, H_ERROR, H_FIRST, H_SOURCE, H_STATUS, H_TRACEBACK, UNDELIVERABLE
 from kq.schedule import dead_letter_topic
 from kq.serialization import loads
-from kq.signing import SIGNATURE_HEADER, Verifier
+from kq.signing import SIGNATURE_HEADER, Verifier, ttl_of, validity
 
 __all__ = ["DeadLetter", "DeadLetters"]
 
@@ -43,11 +47,13 @@ class DeadLetter:
     value: bytes
     """The job's record value exactly as first enqueued."""
     source_topic: str
-    """Where the job was when it failed (``""`` when ``kq-source`` is missing or malformed)."""
+    """Where the job was when it failed, as the letter claims (``""`` when ``kq-source`` is
+    missing or malformed); shown to operators, never used as a destination."""
     source_partition: int
     source_offset: int
     status: str
-    """The outcome of the last attempt: ``failure`` or ``timeout``."""
+    """The outcome of the last attempt: ``failure`` or ``timeout``; ``undeliverable`` for a
+    delayed job the forwarder could not deliver home."""
     error: str
     traceback: str
     attempts: int | None
@@ -76,7 +82,7 @@ class DeadLetter:
         return deserializer(self.value)
 
 
-_STATUSES = frozenset({"failure", "timeout"})
+_STATUSES = frozenset({"failure", "timeout", UNDELIVERABLE})
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
@@ -107,17 +113,17 @@ def _source(raw: bytes | None, problems: list[str]) -> tuple[str, int, int]:
     topic, _, offset = raw.rpartition(b"/")
     topic, _, partition = topic.rpartition(b"/")
     name = topic.decode(errors="replace")
-    # "-" for a position not known: a delayed job that could not go home was
-    # never read from its topic (the forwarder's "undeliverable" letters)
+    if partition == offset == b"-" and _TOPIC_NAME.fullmatch(name):
+        return name, -1, -1  # the forwarder's letters: the job topic, no record of it
     if (
         not _TOPIC_NAME.fullmatch(name)
-        or not (partition.isdigit() or partition == b"-")
-        or not (offset.isdigit() or offset == b"-")
+        or not partition.isdigit()
+        or not offset.isdigit()
         or max(len(partition), len(offset)) > 19
     ):
         problems.append(f"malformed {H_SOURCE} header {raw[:80]!r}")
         return "", -1, -1
-    return name, int(partition) if partition != b"-" else -1, int(offset) if offset != b"-" else -1
+    return name, int(partition), int(offset)
 
 
 def _letter(
@@ -176,8 +182,10 @@ class DeadLetters:
     """The dead letters of one job topic: list, inspect and re-enqueue them.
 
     With ``signing_keys`` (the workers' secrets) each letter's signature is
-    checked for the job topic, and ``requeue`` refuses letters whose signature
-    is not valid.
+    checked for the job topic, ``requeue`` refuses letters whose signature is
+    not valid and signs what it sends with the first key (attempt 1, a new
+    expiry). Without them, a signed letter is refused: requeued unsigned (or
+    with its old signature, which no longer matches) the workers would refuse it.
     """
 
     def __init__(
@@ -191,6 +199,7 @@ class DeadLetters:
         signing_keys: bytes | str | Sequence[bytes | str] | None = None,
     ) -> None:
         self._verifier = None if signing_keys is None else Verifier(signing_keys)
+        self._signer = None if self._verifier is None else self._verifier.signer()
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.dead_topic = dead_letter_topic_name or dead_letter_topic(topic)
@@ -254,15 +263,21 @@ class DeadLetters:
     ) -> DeadLetter:
         signature = "unchecked"
         if self._verifier is not None:
-            sig = next((v for k, v in headers or [] if k == SIGNATURE_HEADER), None)
-            signature = self._verifier.problem(self.topic, key, value, sig) or "valid"
+            found = {k: v for k, v in headers or [] if v is not None}
+            signature = self._verifier.problem(self.topic, key, value, found) or "valid"
         return _letter(partition, offset, key, value, headers, signature)
 
     def refusal(self, letter: DeadLetter) -> str:
-        """Why ``requeue`` refuses ``letter`` (malformed, or not validly signed), or ``""``."""
+        """Why ``requeue`` refuses ``letter`` (malformed, not validly signed, or signed while
+        no ``signing_keys`` were given to sign it again), or ``""``."""
         reasons = list(letter.problems)
         if self._verifier is not None and letter.signature != "valid":
             reasons.append(letter.signature)
+        if self._verifier is None and SIGNATURE_HEADER in letter.headers:
+            reasons.append(
+                "signed letter: give the workers' signing keys to sign it again (the workers"
+                " would refuse it with its old signature)"
+            )
         return "; ".join(reasons)
 
     def get(self, partition: int, offset: int, timeout: float = 10.0) -> DeadLetter:
@@ -273,11 +288,11 @@ class DeadLetters:
         raise LookupError(f"no dead letter at {self.dead_topic}/{partition}/{offset}")
 
     def requeue(self, letter: DeadLetter, topic: str | None = None, *, force: bool = False) -> None:
-        """Send the job back (to its source topic, or ``topic``) for a fresh set of attempts.
+        """Send the job back (to this job topic, or ``topic``) for a fresh set of attempts.
 
-        Durable on return; raises ``kq.EnqueueError`` otherwise. A letter with
-        malformed headers, or one whose signature is not valid when
-        ``signing_keys`` were given, is refused with ``ValueError`` unless ``force``.
+        Durable on return; raises ``kq.EnqueueError`` otherwise. A letter that
+        ``refusal`` names a reason for is refused with ``ValueError`` unless
+        ``force`` (a forced signed letter without ``signing_keys`` goes unsigned).
         """
         refusal = self.refusal(letter)
         if refusal and not force:
@@ -285,20 +300,18 @@ class DeadLetters:
                 f"dead letter {self.dead_topic}/{letter.partition}/{letter.offset}"
                 f" not requeued: {refusal}"
             )
-        target = topic or letter.source_topic or self.topic
-        headers = tuple(
-            (k, v)
+        target = topic or self.topic
+        now = int(time.time() * 1000)
+        headers = {
+            k: v
             for k, v in letter.headers.items()
-            if k not in (H_ERROR, H_TRACEBACK, H_SOURCE, H_STATUS, H_ATTEMPT)
-        )
-        record = Record(
-            target,
-            letter.value,
-            letter.key,
-            None,
-            int(time.time() * 1000),
-            (*headers, (H_ATTEMPT, b"1")),
-        )
+            if k not in (H_ERROR, H_TRACEBACK, H_SOURCE, H_STATUS, H_ATTEMPT, SIGNATURE_HEADER)
+        }
+        headers[H_ATTEMPT] = b"1"
+        if self._signer is not None:
+            headers.update(validity(now, ttl_of(headers)))
+            headers = self._signer.seal(target, letter.key, letter.value, headers)
+        record = Record(target, letter.value, letter.key, None, now, tuple(headers.items()))
         if self._producer is None:
             from kq.clients import make_producer
 

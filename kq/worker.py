@@ -106,8 +106,15 @@ class Worker:
         self._topic = topic
         self._callback = callback
         self._observer = observer
+        verifier = None if signing_keys is None else Verifier(signing_keys)
+        # what the worker writes (retries, dead letters) it signs with its first key
         self._router = RetryRouter(
-            topic, retry, dead_letter_topic, bool(scheduling), scheduler_config
+            topic,
+            retry,
+            dead_letter_topic,
+            bool(scheduling),
+            scheduler_config,
+            None if verifier is None else verifier.signer(),
         )
         self._deserializer: Callable[[bytes], Any] = deserializer or dill.loads
         self._concurrency = concurrency
@@ -136,7 +143,7 @@ class Worker:
             # KQ's default, dill.loads, is served by kq.serialization.loads: the
             # same objects, plain pickle first (twice as fast), dill where needed.
             decode=fast_loads if self._deserializer is dill.loads else self._deserializer,
-            verifier=None if signing_keys is None else Verifier(signing_keys),
+            verifier=verifier,
             max_bytes=max_message_bytes,
             abort=self._abort,
             loop=self._loop_thread,
