@@ -4,7 +4,8 @@ After its last failed attempt a job with a retry policy is written, unchanged,
 to ``<topic>.kq-dead`` with what went wrong in headers. Kafka cannot delete
 single records, so the dead-letter topic is a log: ``list`` reads it (from a
 given offset on), ``requeue`` sends a job back to its topic for a fresh set of
-attempts; note the offsets you have handled, or use ``since``.
+attempts and appends a marker record (empty value, ``kq-requeued`` header) to
+the letter's partition, so that a letter is requeued once unless asked again.
 
 A requeue goes to the job topic this ``DeadLetters`` was made for, or to the
 topic its caller names: never to a topic a letter's headers name (whoever wrote
@@ -13,6 +14,8 @@ the letter would otherwise choose where the operator's credentials write).
 
 from __future__ import annotations
 
+import builtins
+import dataclasses
 import re
 import time
 import uuid
@@ -21,8 +24,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kq._letter_view import JobSummary, summarize
+from kq._logs import RETRIES
 from kq._producer import Record, adapt_producer, raise_for
-from kq.retry import H_ATTEMPT, H_ERROR, H_FIRST, H_SOURCE, H_STATUS, H_TRACEBACK, UNDELIVERABLE
+from kq.retry import (
+    H_ATTEMPT,
+    H_ERROR,
+    H_FIRST,
+    H_REQUEUED,
+    H_REQUEUED_TO,
+    H_SOURCE,
+    H_STATUS,
+    H_TRACEBACK,
+    INVALID,
+    UNDELIVERABLE,
+)
 from kq.schedule import dead_letter_topic
 from kq.serialization import loads
 from kq.signing import SIGNATURE_HEADER, Verifier, ttl_of, validity
@@ -53,7 +68,8 @@ class DeadLetter:
     source_offset: int
     status: str
     """The outcome of the last attempt: ``failure`` or ``timeout``; ``undeliverable`` for a
-    delayed job the forwarder could not deliver home."""
+    delayed job the forwarder could not deliver home; ``invalid`` for a message the
+    worker could not read as a job (a module it could not import, say)."""
     error: str
     traceback: str
     attempts: int | None
@@ -64,6 +80,10 @@ class DeadLetter:
     """Malformed headers, one text each; empty for a well-formed letter."""
     signature: str = "unchecked"
     """``valid``, ``unchecked`` (no ``signing_keys`` given) or why the signature is refused."""
+    requeued_to: str = ""
+    """Where the letter was last requeued (a marker in its partition says so); ``""``: never."""
+    requeued_ms: int | None = None
+    """When it was last requeued (epoch milliseconds)."""
 
     def describe(self) -> JobSummary:
         """The job's format, id and call read from its bytes as data (nothing is run)."""
@@ -82,7 +102,22 @@ class DeadLetter:
         return deserializer(self.value)
 
 
-_STATUSES = frozenset({"failure", "timeout", UNDELIVERABLE})
+_Marker = tuple[int, str, int]  # letter offset, destination, time
+
+
+def _marker(partition: int, headers: Any, timestamp: int) -> _Marker | None:
+    """The requeue a record marks in ``partition`` (a marker has no ``kq-status``), or None."""
+    h = {k: v for k, v in (headers or []) if v is not None}
+    raw = h.get(H_REQUEUED)
+    if raw is None or H_STATUS in h:
+        return None
+    part, _, offset = raw.partition(b":")
+    if not part.isdigit() or not offset.isdigit() or int(part) != partition or len(offset) > 19:
+        return None
+    return int(offset), h.get(H_REQUEUED_TO, b"").decode(errors="replace"), timestamp
+
+
+_STATUSES = frozenset({"failure", "timeout", UNDELIVERABLE, INVALID})
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
@@ -244,17 +279,28 @@ class DeadLetters:
                 return []
             consumer.assign(starts)
             out: list[DeadLetter] = []
+            marks: dict[tuple[int, int], tuple[str, int]] = {}
             deadline = time.monotonic() + timeout
-            while ends and len(out) < limit and time.monotonic() < deadline:
-                for m in consumer.consume(num_messages=min(500, limit - len(out)), timeout=0.5):
+            # Read to the end even past ``limit``: a letter's requeue marker comes after it.
+            while ends and time.monotonic() < deadline:
+                for m in consumer.consume(num_messages=500, timeout=0.5):
                     partition, offset = m.partition(), m.offset()
                     if m.error() is not None or partition not in ends or offset is None:
                         continue
                     value = m.value() or b""
-                    out.append(self._read(partition, offset, m.key(), value, m.headers()))
+                    mark = _marker(partition, m.headers(), m.timestamp()[1]) if not value else None
+                    if mark is not None:
+                        marks[(partition, mark[0])] = mark[1:]
+                    elif len(out) < limit:
+                        out.append(self._read(partition, offset, m.key(), value, m.headers()))
                     if offset + 1 >= ends[partition]:
                         del ends[partition]
-            return out[:limit]
+            return [
+                dataclasses.replace(x, requeued_to=done[0], requeued_ms=done[1])
+                if (done := marks.get((x.partition, x.offset))) is not None
+                else x
+                for x in out
+            ]
         finally:
             consumer.close()
 
@@ -287,18 +333,44 @@ class DeadLetters:
                 return letter
         raise LookupError(f"no dead letter at {self.dead_topic}/{partition}/{offset}")
 
-    def requeue(self, letter: DeadLetter, topic: str | None = None, *, force: bool = False) -> None:
+    def find(
+        self, topic: str, partition: int, offset: int, timeout: float = 10.0
+    ) -> builtins.list[DeadLetter]:
+        """The letters of the job that was at ``topic``/``partition``/``offset`` (its source).
+
+        The position a worker logs (``Processing Message(topic=..., ...)``).
+        Reads the whole dead-letter topic; oldest first.
+        """
+        return [
+            x
+            for x in self.list(limit=1_000_000, timeout=timeout)
+            if (x.source_topic, x.source_partition, x.source_offset) == (topic, partition, offset)
+        ]
+
+    def requeue(
+        self,
+        letter: DeadLetter,
+        topic: str | None = None,
+        *,
+        force: bool = False,
+        again: bool = False,
+    ) -> None:
         """Send the job back (to this job topic, or ``topic``) for a fresh set of attempts.
 
         Durable on return; raises ``kq.EnqueueError`` otherwise. A letter that
         ``refusal`` names a reason for is refused with ``ValueError`` unless
-        ``force`` (a forced signed letter without ``signing_keys`` goes unsigned).
+        ``force`` (a forced signed letter without ``signing_keys`` goes unsigned);
+        so is a letter already requeued (``letter.requeued_to``) unless ``again``.
+        Then a marker records the requeue in the letter's partition.
         """
+        where = f"dead letter {self.dead_topic}/{letter.partition}/{letter.offset}"
         refusal = self.refusal(letter)
         if refusal and not force:
+            raise ValueError(f"{where} not requeued: {refusal}")
+        if letter.requeued_to and not again:
             raise ValueError(
-                f"dead letter {self.dead_topic}/{letter.partition}/{letter.offset}"
-                f" not requeued: {refusal}"
+                f"{where} was already requeued to {letter.requeued_to}; requeue it again"
+                " only on purpose (again=True, --again)"
             )
         target = topic or self.topic
         now = int(time.time() * 1000)
@@ -319,3 +391,22 @@ class DeadLetters:
         error = self._producer.send_all([record], self._delivery_timeout)[0]
         if error is not None:
             raise_for(target, error)
+        marker = Record(
+            self.dead_topic,
+            b"",
+            letter.key,
+            letter.partition,
+            now,
+            ((H_REQUEUED, f"{letter.partition}:{letter.offset}".encode()),
+             (H_REQUEUED_TO, target.encode())),
+        )  # fmt: skip
+        error = self._producer.send_all([marker], self._delivery_timeout)[0]
+        if error is not None:
+            # The job is back in its topic (raising would invite a second requeue).
+            RETRIES.warning(
+                "%s was requeued to %s, but its requeue marker could not be written (%s):"
+                " it will still be listed as not requeued",
+                where,
+                target,
+                error,
+            )

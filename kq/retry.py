@@ -55,12 +55,18 @@ H_STATUS = "kq-status"
 H_ID = "kq-id"
 H_EXPIRES = "kq-expires"
 H_TTL = "kq-ttl"
+#: On a requeue marker in a dead-letter topic: the ``PARTITION:OFFSET`` of the letter
+#: requeued, and where it went (a marker has an empty value and no ``kq-status``).
+H_REQUEUED = "kq-requeued"
+H_REQUEUED_TO = "kq-requeued-to"
 
 #: Headers that only delay-tier records carry; removed when a job goes home.
 TIER_HEADERS = frozenset({H_DUE, H_WRITTEN, H_TOPIC, H_PARTITION})
 
 #: The ``kq-status`` of a dead letter the forwarder could never deliver home.
 UNDELIVERABLE = "undeliverable"
+#: ``kq-status`` of a message that is not a runnable job (kept by ``Worker(keep_invalid=...)``).
+INVALID = "invalid"
 
 MAX_ATTEMPTS = 10_000
 """The largest ``max_attempts`` a policy may have."""

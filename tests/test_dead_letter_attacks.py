@@ -92,7 +92,7 @@ def test_list_show_and_requeue_never_unpickle_a_letter(
         ("show", topic, "0:0"),
         ("show", topic, "0:0", "--json"),
         ("requeue", topic, "0:0"),
-        ("requeue", topic, "--all", "--yes"),
+        ("requeue", topic, "--all", "--yes", "--again"),  # once more, on purpose
     ):
         done = kq("dead-letters", *args, "-b", bootstrap)
         assert done.returncode == 0, (args, done.stderr)
