@@ -189,6 +189,12 @@ def _job_function(path: str) -> Callable[..., Any]:
     f" other users) [env {ENV['signing_key']}]",
 )
 @click.option(
+    "--expires",
+    type=float,
+    metavar="SECONDS",
+    help="signed jobs: how long after they are due workers still run them (default a day)",
+)
+@click.option(
     "--delivery-timeout",
     type=click.FloatRange(min=0.1),
     default=30.0,
@@ -219,6 +225,7 @@ def enqueue(
     serializer: str | None,
     json_jobs: bool,
     signing_key: str | None,
+    expires: float | None,
     delivery_timeout: float,
 ) -> int:
     """Enqueue MODULE:FUNCTION(JSON_ARG, ...) to TOPIC; print each job's id.
@@ -275,6 +282,7 @@ def enqueue(
         admin_config=conn.quiet_config(),
         serializer=encode,
         signing_key=signing_key or None,
+        expires=expires,
     )
     _enqueue_calls(queue, calls)
     return 0

@@ -10,9 +10,14 @@ order and each has its own outcome:
   are remembered as delivered, so they are not sent again when the partition is
   read again from the failed one;
 - refused for good (too large for the home topic, a home partition that does
-  not exist, headers naming no home): dead-lettered with the reason;
+  not exist, headers naming no home or a home other than the forwarder's own
+  job topic): dead-lettered with the reason;
 - failed otherwise: the partition is sought back to it and paused for a
   backoff that grows while it keeps failing; other partitions go on.
+
+It reads only its own topic's tiers and writes only to its own job topic, its
+tiers and its dead-letter topic: a record cannot use the worker's credentials
+to reach any other topic, whatever its ``kq-topic`` says.
 
 The partition's offset is committed up to its first record not done. If the
 thread dies of anything (a refused setting, a client error), it is restarted
@@ -22,7 +27,6 @@ log, ``kq.metrics``, ``kq info``).
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import traceback
@@ -49,6 +53,7 @@ from kq.schedule import (
     DUE_SLACK_MS,
     connection_settings,
     dead_letter_topic,
+    delay_topic_pattern,
     delayed_record,
     ensure_topics,
     forwarder_group,
@@ -232,7 +237,7 @@ class Forwarder:
 
         try:
             consumer.subscribe(
-                [f"^{re.escape(self.topic)}\\.kq-delay-.*"],
+                [delay_topic_pattern(self.topic)],
                 on_revoke=forget,
                 on_assign=assigned,
                 on_lost=forget,
@@ -298,6 +303,12 @@ class Forwarder:
                 raise ValueError("empty home topic or negative partition")
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             item.dead = f"its kq-due/kq-written/kq-topic/kq-partition headers are invalid ({exc!r})"
+            return None
+        if item.home != self.topic:
+            item.dead = (
+                f"names the home topic {item.home[:100]!r} (kq-topic): this forwarder delivers"
+                f" only to {self.topic!r}"
+            )
             return None
         tp = item.tp
         seen = parts.anchors.get(tp)
@@ -393,10 +404,9 @@ class Forwarder:
 
     def _letter(self, item: _Item, now: int) -> Record:
         m = item.message
-        home = item.home or self.topic
         headers = {k: v for k, v in (m.headers() or []) if v is not None and k not in TIER_HEADERS}
-        # where the job belongs (requeue sends it there); the tier record is named in the error
-        headers.setdefault(H_SOURCE, f"{home}/-/-".encode())
+        # the job topic whose tier held it; the tier record is named in the error
+        headers.setdefault(H_SOURCE, f"{self.topic}/-/-".encode())
         headers[H_STATUS] = UNDELIVERABLE.encode()
         headers[H_ERROR] = (
             f"delayed job at {m.topic()}/{m.partition()}/{m.offset()} {item.dead}".encode()

@@ -50,6 +50,14 @@ class ProducerAdapter(Protocol):
         """
         ...
 
+    def send_one(self, record: Outgoing, timeout: float) -> tuple[int, int]:
+        """Send one record and wait; where it was written ``(partition, offset)``.
+
+        Raises the client's error when it was not acknowledged; ``(-1, -1)``
+        when a client that reports only failures wrote it.
+        """
+        ...
+
 
 def _join_hosts(value: Any) -> str:
     if isinstance(value, str):
@@ -116,6 +124,22 @@ class _KafkaPythonProducer:
                 errors[index] = exc
         return errors
 
+    def send_one(self, record: Outgoing, timeout: float) -> tuple[int, int]:
+        (placed,), missing = self._spreader.place([record], min(_LOOKUP, timeout))
+        topic, value, key, partition, timestamp, headers = placed
+        if topic in missing:
+            raise missing[topic]
+        future = self.client.send(
+            topic,
+            value=value,
+            key=key,
+            partition=partition,
+            timestamp_ms=timestamp,
+            headers=list(headers) or None,
+        )
+        metadata = future.get(timeout=timeout + _GRACE)
+        return int(metadata.partition), int(metadata.offset)
+
 
 class _ConfluentProducer:
     def __init__(self, client: Any) -> None:
@@ -125,6 +149,9 @@ class _ConfluentProducer:
         self._lock = threading.Lock()
         self._spreader = Spreader(self._partitions)
         self.resolve_hosts()
+
+    def send_one(self, record: Outgoing, timeout: float) -> tuple[int, int]:
+        return _confluent_send_one(self, record, timeout)
 
     def _partitions(self, topic: str, timeout: float) -> list[int] | None:
         from confluent_kafka import KafkaError
@@ -265,6 +292,35 @@ class _ConfluentProducer:
                 if fatal_text and _is_local_fatal(errors[index]):
                     errors[index] = _with_reason(errors[index], fatal_text)
         return errors
+
+
+def _confluent_send_one(adapter: Any, record: Outgoing, timeout: float) -> tuple[int, int]:
+    from confluent_kafka import KafkaException
+
+    (placed,), missing = adapter._spreader.place([record], min(_LOOKUP, timeout))
+    topic, value, key, partition, timestamp, headers = placed
+    if topic in missing:
+        raise missing[topic]
+    reports: list[tuple[Any, Any]] = []
+    options: dict[str, Any] = {"timestamp": timestamp, "headers": list(headers) or None}
+    if partition is not None:
+        options["partition"] = partition
+    with adapter._lock:
+        adapter.client.produce(
+            topic, value, key, on_delivery=lambda err, msg: reports.append((err, msg)), **options
+        )
+        deadline = time.monotonic() + timeout + _GRACE
+        left = 1
+        while not reports and left and time.monotonic() < deadline:
+            left = adapter.client.flush(min(deadline - time.monotonic(), 0.5))
+    if reports:
+        error, message = reports[0]
+        if error is not None:
+            raise KafkaException(error)
+        return int(message.partition()), int(message.offset())
+    if left:
+        raise TimeoutError(f"not acknowledged within {timeout} s")
+    return -1, -1  # delivered; the producer reports only failures (delivery.report.only.error)
 
 
 def _attribute(

@@ -3,7 +3,9 @@
 A retry is written to a delay tier with the worker's consumer group in
 ``kq-group``: it comes back to the job topic, which every group on the topic
 reads, and only that group runs it (``RetryRouter.foreign``). It keeps the
-partition its failed attempt was read from.
+partition its failed attempt was read from. A signing worker signs its retries
+and dead letters with its first key (``kq.signing``); one without keys drops
+the signature of a signed job it writes, since its headers changed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
+from kq._calls import safe_repr
 from kq._forwarder import Forwarder
 from kq._logs import RETRIES
 from kq._producer import ProducerAdapter, Record, adapt_producer
@@ -26,6 +29,7 @@ from kq.retry import (
     H_SOURCE,
     H_STATUS,
     H_TRACEBACK,
+    INVALID,
     Attempt,
     RetryPolicy,
 )
@@ -37,6 +41,7 @@ from kq.schedule import (
     ensure_topics,
     now_ms,
 )
+from kq.signing import SIGNATURE_HEADER, Signer, ttl_of, validity
 
 _SEND_TRIES = 3
 
@@ -51,8 +56,12 @@ class RetryRouter:
         dead_topic: str | None,
         scheduling: bool,
         config: Mapping[str, Any] | None,
+        signer: Signer | None = None,
+        keep_invalid: bool = False,
     ) -> None:
         self._topic = topic
+        self._keep_invalid = keep_invalid
+        self._signer = signer
         self._default = default_policy
         self._first = Attempt(1, None, default_policy)
         self.dead_topic = dead_topic or dead_letter_topic(topic)
@@ -95,6 +104,11 @@ class RetryRouter:
         """Stop the forwarder."""
         if self._forwarder is not None:
             self._forwarder.stop()
+
+    @property
+    def first(self) -> Attempt:
+        """The attempt of a message whose headers are not read: a first one, default policy."""
+        return self._first
 
     def foreign(self, headers: Mapping[str, bytes] | None) -> bool:
         """Whether the message is a retry of another consumer group (not to be run here)."""
@@ -152,8 +166,16 @@ class RetryRouter:
                 return True
             base[H_ATTEMPT] = str(attempt.number + 1).encode()
             due = now + int(policy.delay(attempt.number) * 1000)
+            if self._signer is not None:
+                base.update(validity(due, ttl_of(base)))
             record = delayed_record(
-                self._topic, message.value, message.key, base, due, now, message.partition
+                self._topic,
+                message.value,
+                message.key,
+                self._sealed(message, base),
+                due,
+                now,
+                message.partition,
             )
             self._logger.info(
                 "Attempt %s failed (%s); retry %s due in %.1fs",
@@ -162,32 +184,88 @@ class RetryRouter:
                 attempt.number + 1,
                 (due - now) / 1000,
             )
-            return self._send(record, delay=True)
+            return self._send(record, delay=True) is not None
         base[H_ATTEMPT] = str(attempt.number).encode()
         base[H_STATUS] = status.encode()
-        base[H_ERROR] = (repr(exception) if exception is not None else status).encode()
+        base[H_ERROR] = (safe_repr(exception) if exception is not None else status).encode()
         base[H_TRACEBACK] = (stacktrace or "").encode()
-        record = Record(self.dead_topic, message.value, message.key, None, now, tuple(base.items()))
+        return self._dead_letter(message, base, f"failed its last attempt ({attempt.number})")
+
+    @property
+    def keeps_invalid(self) -> bool:
+        """Whether invalid messages are dead-lettered (``Worker(keep_invalid=...)``)."""
+        return self._keep_invalid
+
+    def invalid(
+        self,
+        message: Message,
+        headers: Mapping[str, bytes] | None,
+        reason: str,
+        signed: bool,
+    ) -> bool:
+        """Keep an invalid message in the dead-letter topic: its bytes, key, headers, the reason.
+
+        ``signed`` only for a message that passed the signature check: a worker
+        that signed the letter of a record it refused would turn a forgery into
+        a job the operator's ``requeue`` accepts. False when it could not be
+        written (the worker writes it again, holding the partition, as for a
+        failed attempt's dead letter).
+        """
+        base: dict[str, bytes] = dict(headers or {})
+        base.setdefault(H_ATTEMPT, b"1")
+        base[H_GROUP] = self._group.encode()  # requeued, it comes back to this group
+        base[H_SOURCE] = f"{message.topic}/{message.partition}/{message.offset}".encode()
+        base[H_STATUS] = INVALID.encode()
+        base[H_ERROR] = reason.encode(errors="replace")
+        base[H_TRACEBACK] = b""
+        if not signed:
+            base.pop(SIGNATURE_HEADER, None)
+        return self._dead_letter(message, base, "was invalid", seal=signed)
+
+    def _dead_letter(
+        self, message: Message, headers: dict[str, bytes], what: str, seal: bool = True
+    ) -> bool:
+        sealed = self._sealed(message, headers) if seal else headers
+        record = Record(
+            self.dead_topic, message.value, message.key, None, now_ms(), tuple(sealed.items())
+        )
+        placed = self._send(record, delay=False)
+        if placed is None:
+            return False
+        where = f"{placed[0]}:{placed[1]}" if placed[0] >= 0 else "(position not reported)"
         self._logger.error(
-            "Job at %s/%s/%s failed its last attempt (%s); sent to %s",
+            "Job at %s/%s/%s %s; dead letter %s %s (kq dead-letters show %s %s)",
             message.topic,
             message.partition,
             message.offset,
-            attempt.number,
+            what,
             self.dead_topic,
+            where,
+            self._topic,
+            where if placed[0] >= 0 else f"{message.topic}/{message.partition}/{message.offset}",
         )
-        return self._send(record, delay=False)
+        return True
+
+    def _sealed(self, message: Message, headers: dict[str, bytes]) -> dict[str, bytes]:
+        if self._signer is None:
+            headers.pop(SIGNATURE_HEADER, None)  # no longer matches: refused unsigned or forged
+            return headers
+        return self._signer.seal(self._topic, message.key, message.value, headers)
 
     def _lazy_producer(self) -> ProducerAdapter:
         with self._lock:
             if self._producer is None:
                 from kq.clients import make_producer
 
-                self._producer = adapt_producer(make_producer(self._bootstrap, **self._config))
+                # Dead letters are rare: a report per success gives their position.
+                settings = {"delivery.report.only.error": False, **self._config}
+                self._producer = adapt_producer(make_producer(self._bootstrap, **settings))
             return self._producer
 
-    def _send(self, record: Record, delay: bool) -> bool:
+    def _send(self, record: Record, delay: bool) -> tuple[int, int] | None:
+        """Write ``record`` (three tries): where it landed (``(-1, -1)``: a retry), or None."""
         for attempt in range(_SEND_TRIES):
+            error: BaseException | None = None
             try:
                 if not self._topics_ready:
                     ensure_topics(
@@ -197,11 +275,15 @@ class RetryRouter:
                         self._config,
                     )
                     self._topics_ready = True
-                error = self._lazy_producer().send_all([record], 30.0)[0]
+                if delay:
+                    error = self._lazy_producer().send_all([record], 30.0)[0]
+                    placed = (-1, -1)
+                else:  # a dead letter: its position goes into the log line
+                    placed = self._lazy_producer().send_one(record, 30.0)
             except Exception as exc:
                 error = exc
             if error is None:
-                return True
+                return placed
             self._logger.warning(
                 "Writing to %s failed (try %s of %s): %s",
                 record.topic,
@@ -216,4 +298,4 @@ class RetryRouter:
             self._topic,
             _SEND_TRIES,
         )
-        return False
+        return None

@@ -49,6 +49,7 @@ class WorkerSettings:
     backoff: float = 1.0
     retry_timeouts: bool = False
     dead_letter_topic: str | None = None
+    keep_invalid: bool | None = None
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     reload: bool = False
@@ -111,6 +112,8 @@ def worker_options(settings: WorkerSettings) -> dict[str, Any]:
         )
     if settings.dead_letter_topic:
         options["dead_letter_topic"] = settings.dead_letter_topic
+    if settings.keep_invalid is not None:
+        options["keep_invalid"] = settings.keep_invalid
     options.setdefault("concurrency", settings.concurrency)
     options.setdefault("max_in_flight", settings.max_in_flight)
     options.setdefault("shutdown_timeout", settings.shutdown_timeout)

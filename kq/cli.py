@@ -155,6 +155,14 @@ for command in (enqueue, info, dead_letters, replay, topic, local_kafka):
     help=f"default TOPIC.kq-dead [env {ENV['dead_letter_topic']}]",
 )
 @click.option(
+    "--keep-invalid/--no-keep-invalid",
+    envvar=ENV["keep_invalid"],
+    default=None,
+    help="write messages that are not runnable jobs (a function the worker cannot import)"
+    " to the dead-letter topic before committing them (default: when --max-attempts or"
+    f" --dead-letter-topic is given) [env {ENV['keep_invalid']}]",
+)
+@click.option(
     "--metrics-port",
     envvar=ENV["metrics_port"],
     type=click.IntRange(min=1, max=65535),
@@ -221,6 +229,7 @@ def worker(
     backoff: float,
     retry_timeouts: bool,
     dead_letter_topic: str | None,
+    keep_invalid: bool | None,
     metrics_port: int | None,
     metrics_host: str,
     max_restarts: int,
@@ -265,6 +274,7 @@ def worker(
         backoff=backoff,
         retry_timeouts=retry_timeouts,
         dead_letter_topic=dead_letter_topic,
+        keep_invalid=keep_invalid,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         log_level=log_level.upper(),

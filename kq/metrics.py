@@ -24,6 +24,8 @@ Metrics (labels ``topic`` and ``group`` on each):
 - ``kq_assigned_partitions``: partitions this worker owns;
 - ``kq_commits_total`` / ``kq_committed_offset{partition}``: offset commits;
 - ``kq_rebalances_total{event}``: ``assigned``, ``revoked``, ``lost``;
+- ``kq_unimportable_jobs_total{module}``: messages reported invalid because
+  their job names a module the worker cannot import (deploy skew);
 - ``kq_partitions_held``: partitions taking no new jobs because the retry or
   dead letter of one of their jobs cannot be written (delay topics
   unreachable); alert when it stays above 0.
@@ -82,6 +84,7 @@ class _Families:
     commits: Counter
     committed: Gauge
     rebalances: Counter
+    unimportable: Counter
     held: Gauge
     forwarder_up: Gauge
     forwarder_restarts: Gauge
@@ -136,6 +139,12 @@ def _families(registry: CollectorRegistry) -> _Families:
                 "kq_rebalances",
                 "Rebalance events: assigned, revoked, lost",
                 (*base, "event"),
+                registry=registry,
+            ),
+            unimportable=Counter(
+                "kq_unimportable_jobs",
+                "Messages reported invalid because their job's module could not be imported",
+                (*base, "module"),
                 registry=registry,
             ),
             held=Gauge(
@@ -199,6 +208,10 @@ class PrometheusObserver:
         self._m.jobs.labels(*self._labels, status).inc()
         if status != "invalid":
             self._m.duration.labels(*self._labels, status).observe(seconds)
+
+    def job_unimportable(self, module: str) -> None:
+        """Count a message whose job names a module the worker cannot import."""
+        self._m.unimportable.labels(*self._labels, module).inc()
 
     def committed(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Count a commit and remember the offsets."""

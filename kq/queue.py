@@ -41,7 +41,7 @@ from kq.schedule import (
 )
 from kq.serialization import dumps as fast_dumps
 from kq.serialization import loads as fast_loads
-from kq.signing import SIGNATURE_HEADER, Signer
+from kq.signing import DEFAULT_EXPIRES, Signer, check_expires
 
 _new_job = object.__new__
 
@@ -68,7 +68,7 @@ def _too_large(error: BaseException) -> bool:
 class EnqueueSpec:
     """Enqueues with defaults (timeout, key, partition) that a Job's own fields override."""
 
-    __slots__ = ("_delay", "_eta", "_key", "_partition", "_queue", "_retry", "_timeout")
+    __slots__ = ("_delay", "_eta", "_expires", "_key", "_partition", "_queue", "_retry", "_timeout")
 
     def __init__(
         self,
@@ -79,6 +79,7 @@ class EnqueueSpec:
         retry: RetryPolicy | None = None,
         delay: int | float | None = None,
         eta: datetime.datetime | float | None = None,
+        expires: float | None = None,
     ) -> None:
         if not is_number(timeout):
             fail_type("timeout must be an int or float")
@@ -88,6 +89,10 @@ class EnqueueSpec:
         if retry is not None and not isinstance(retry, RetryPolicy):
             fail_type("retry must be a kq.RetryPolicy")
         check_wait(delay, eta)
+        if expires is not None:
+            check_expires(expires)
+            if queue._signer is None:
+                fail_value("expires applies to signed jobs: give the Queue a signing_key")
         self._queue = queue
         self._timeout = timeout
         self._key = key
@@ -95,6 +100,7 @@ class EnqueueSpec:
         self._retry = retry
         self._delay = delay
         self._eta = eta
+        self._expires = queue._expires if expires is None else expires
 
     def _build(self, obj: Callable[..., Any] | Job, args: Any, kwargs: dict[str, Any]) -> Job:
         timestamp = int(time.time() * 1000)
@@ -172,7 +178,16 @@ class EnqueueSpec:
         due = self._due_ms(timestamp)
         headers = encode_headers(1, timestamp, retry) if retry or due else ()
         if signer is not None:
-            headers += ((SIGNATURE_HEADER, signer.sign(queue._topic, job.key, value)),)
+            headers = signer.sign_job(
+                queue._topic,
+                job.key,
+                value,
+                headers,
+                job_id=str(job.id),
+                enqueued_ms=timestamp,
+                due_ms=due,
+                expires=self._expires,
+            )
         if due is None or due <= timestamp:
             return (queue._topic, value, job.key, job.partition, timestamp, headers)
         queue._ensure_delay_topics()
@@ -364,9 +379,15 @@ class Queue:
         retry: RetryPolicy | None = None,
         admin_config: dict[str, Any] | None = None,
         signing_key: bytes | str | None = None,
+        expires: float | None = None,
     ) -> None:
         check_str(topic, "topic must be a str")
         self._signer = None if signing_key is None else Signer(signing_key)
+        if expires is not None:
+            check_expires(expires)
+            if self._signer is None:
+                fail_value("expires applies to signed jobs: give a signing_key")
+        self._expires = DEFAULT_EXPIRES if expires is None else expires
         if retry is not None and not isinstance(retry, RetryPolicy):
             fail_type("retry must be a kq.RetryPolicy")
         self._retry = retry
@@ -478,17 +499,27 @@ class Queue:
         retry: RetryPolicy | None = None,
         delay: int | float | None = None,
         eta: datetime.datetime | float | None = None,
+        expires: float | None = None,
     ) -> EnqueueSpec:
         """Return an object whose ``enqueue`` uses these defaults (a Job's own fields win).
 
         ``retry`` overrides the queue's retry policy for these jobs. ``delay``
         (seconds from now) or ``eta`` (an aware datetime, or Unix seconds)
         makes the jobs wait in the topic's delay tiers until they are due.
+        ``expires`` (seconds, signed jobs only) overrides how long after they
+        are due the jobs stay valid (``kq.signing``).
         """
         if timeout is not None and not is_number(timeout):
             fail_type("timeout must be an int or float")
         return EnqueueSpec(
-            self, timeout or self._timeout, key, partition, retry=retry, delay=delay, eta=eta
+            self,
+            timeout or self._timeout,
+            key,
+            partition,
+            retry=retry,
+            delay=delay,
+            eta=eta,
+            expires=expires,
         )
 
     @property

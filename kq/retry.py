@@ -15,11 +15,16 @@ header vocabulary is defined here (``H_*``):
   writer's clock), ``kq-written`` (the writer's clock when it wrote the record),
   ``kq-topic`` (the home topic) and ``kq-partition`` (the home partition, if the
   job had one); the forwarder removes them when the job goes home;
-- on dead letters: ``kq-status``, ``kq-error``, ``kq-traceback``, ``kq-source``.
+- on dead letters: ``kq-status``, ``kq-error``, ``kq-traceback``, ``kq-source``;
+- on signed jobs (``kq.signing``): ``kq-id`` (the job's id), ``kq-expires`` (ms
+  since the epoch after which no worker runs it), ``kq-ttl`` (how long, in ms,
+  a signed job stays valid after it is due: a retry or a requeue is valid that
+  long after its own due time) and ``kq-sig`` (the signature).
 
 A bad ``kq-attempt``/``kq-first``/``kq-retry`` header is a ``ValueError``
 here; a worker then logs it on ``kq.retries`` and runs the job as a first
-attempt under its own default policy.
+attempt under its own default policy. A worker with ``signing_keys`` reads
+none of them before the record's size and signature are checked.
 """
 
 from __future__ import annotations
@@ -47,12 +52,21 @@ H_ERROR = "kq-error"
 H_TRACEBACK = "kq-traceback"
 H_SOURCE = "kq-source"
 H_STATUS = "kq-status"
+H_ID = "kq-id"
+H_EXPIRES = "kq-expires"
+H_TTL = "kq-ttl"
+#: On a requeue marker in a dead-letter topic: the ``PARTITION:OFFSET`` of the letter
+#: requeued, and where it went (a marker has an empty value and no ``kq-status``).
+H_REQUEUED = "kq-requeued"
+H_REQUEUED_TO = "kq-requeued-to"
 
 #: Headers that only delay-tier records carry; removed when a job goes home.
 TIER_HEADERS = frozenset({H_DUE, H_WRITTEN, H_TOPIC, H_PARTITION})
 
 #: The ``kq-status`` of a dead letter the forwarder could never deliver home.
 UNDELIVERABLE = "undeliverable"
+#: ``kq-status`` of a message that is not a runnable job (kept by ``Worker(keep_invalid=...)``).
+INVALID = "invalid"
 
 MAX_ATTEMPTS = 10_000
 """The largest ``max_attempts`` a policy may have."""

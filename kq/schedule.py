@@ -46,6 +46,7 @@ dead-letter topic with the reason instead of blocking its tier.
 from __future__ import annotations
 
 import datetime
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -97,6 +98,12 @@ def delay_topic(topic: str, suffix: str) -> str:
 def delay_topics(topic: str) -> list[str]:
     """All delay tiers of ``topic``, smallest first."""
     return [delay_topic(topic, suffix) for suffix, _ in TIERS]
+
+
+def delay_topic_pattern(topic: str) -> str:
+    """A subscription regex matching exactly the delay tiers of ``topic`` (also ones made later)."""
+    suffixes = "|".join(re.escape(suffix) for suffix, _ in TIERS)
+    return f"^{re.escape(topic)}{re.escape(_TIER_MARK)}({suffixes})$"
 
 
 def tier_of(tier_topic: str) -> int | None:

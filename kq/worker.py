@@ -71,6 +71,9 @@ class Worker:
     ``Consumer`` with a group id. Offsets are committed only after a job has
     finished and the callback has run (at least once). ``concurrency`` runs up
     to that many jobs at once, never two of the same message key together.
+    ``keep_invalid`` writes messages that are not runnable jobs (a function
+    the worker cannot import, say) to the dead-letter topic before they are
+    committed; by default when ``retry`` or ``dead_letter_topic`` is set.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class Worker:
         observer: Any = None,
         signing_keys: bytes | str | Sequence[bytes | str] | None = None,
         max_message_bytes: int | None = None,
+        keep_invalid: bool | None = None,
     ) -> None:
         check_str(topic, "topic must be a str")
         check_logger(logger)
@@ -114,8 +118,24 @@ class Worker:
         self._topic = topic
         self._callback = callback
         self._observer = observer
+        verifier = None if signing_keys is None else Verifier(signing_keys)
+        # what the worker writes (retries, dead letters) it signs with its first key
         self._router = RetryRouter(
-            topic, retry, dead_letter_topic, bool(scheduling), scheduler_config
+            topic,
+            retry,
+            dead_letter_topic,
+            bool(scheduling),
+            scheduler_config,
+            None if verifier is None else verifier.signer(),
+            # Invalid messages (an import that fails: deploy skew) are kept as
+            # dead letters whenever the worker has retries or a dead-letter
+            # topic; with KQ's plain settings only if asked (no new topic, no
+            # new rights needed for a KQ deployment).
+            keep_invalid=(
+                bool(keep_invalid)
+                if keep_invalid is not None
+                else (retry is not None or dead_letter_topic is not None)
+            ),
         )
         self._deserializer: Callable[[bytes], Any] = deserializer or dill.loads
         self._concurrency = concurrency
@@ -144,7 +164,7 @@ class Worker:
             # KQ's default, dill.loads, is served by kq.serialization.loads: the
             # same objects, plain pickle first (twice as fast), dill where needed.
             decode=fast_loads if self._deserializer is dill.loads else self._deserializer,
-            verifier=None if signing_keys is None else Verifier(signing_keys),
+            verifier=verifier,
             max_bytes=max_message_bytes,
             abort=self._abort,
             loop=self._loop_thread,
