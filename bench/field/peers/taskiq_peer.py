@@ -3,7 +3,7 @@
 Worker, as taskiq's docs run it::
 
     python -m taskiq worker taskiq_peer:broker --workers 1 --max-async-tasks C \
-        --ack-type when_executed --no-configure-logging
+        --ack-type when_executed --log-level WARNING
 
 Enqueue: ``taskiq_peer.py enqueue single|batch|fill|paced --count N``; single
 is ``await task.kiq(...)`` (returns once the broker acknowledged the record),
