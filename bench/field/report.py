@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import datetime
 import statistics
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bench.field import settings_text
 from bench.field.scenarios import DEFAULT_COMMIT_INTERVAL, FieldSettings
 from bench.harness import REPO_ROOT
-from bench.report import machine
+from bench.report import Results, machine
 
 START = "<!-- field-bench:start -->"
 END = "<!-- field-bench:end -->"
@@ -37,18 +35,11 @@ LABELS = {
 
 
 @dataclass
-class FieldResults:
-    """Per-run values of every metric, failures, and the SIGKILL runs' details."""
+class FieldResults(Results):
+    """``bench.report.Results`` (values, failures, the SIGKILL runs' details) and the
+    scenarios that ran."""
 
-    ran: set[str]
-    values: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    errors: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    details: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
-
-    def median(self, metric: str) -> float | None:
-        """Median of the runs that succeeded; None when none did."""
-        values = self.values.get(metric)
-        return statistics.median(values) if values else None
+    ran: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -289,9 +280,9 @@ def details(results: FieldResults, settings: FieldSettings) -> list[str]:
                 + "."
             )
     for name in ("kq", *PEER_NAMES):
-        for killed in results.details.get(f"sigkill.{name}", []):
+        for run, killed in enumerate(results.details.get(f"sigkill.{name}", []), 1):
             for note in killed.notes:
-                out.append(f"SIGKILL, {LABELS[name]}: {note}.")
+                out.append(f"SIGKILL, {LABELS[name]}, run {run}: {note} ({killed.lost:,} lost).")
     per_run = ", ".join(
         f"{metric} [{'; '.join(_short(v) for v in values)}]"
         for metric, values in sorted(results.values.items())
