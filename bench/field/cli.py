@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import functools
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from bench.cli import BROKER_CONFIG, log
 from bench.field import envs, report
 from bench.field.procs import Procs
 from bench.field.scenarios import (
@@ -35,14 +35,8 @@ from bench.harness import new_workdir
 from kq.local import LocalKafka
 
 SCENARIOS = ("drain", "enqueue", "io", "latency", "sigkill", "interval")
-BROKER_CONFIG = {"group.initial.rebalance.delay.ms": "500"}
 
 T = TypeVar("T")
-
-
-def log(text: str) -> None:
-    """Progress, on stderr."""
-    print(text, file=sys.stderr, flush=True)
 
 
 class Round:
