@@ -96,16 +96,7 @@ class _KafkaPythonProducer:
                 errors[index] = missing[topic]
                 continue
             try:
-                futures.append(
-                    self.client.send(
-                        topic,
-                        value=value,
-                        key=key,
-                        partition=partition,
-                        timestamp_ms=timestamp,
-                        headers=list(headers) or None,
-                    )
-                )
+                futures.append(self._send((topic, value, key, partition, timestamp, headers)))
             except Exception as exc:  # e.g. message too large, metadata timeout
                 futures.append(None)
                 errors[index] = exc
@@ -126,10 +117,14 @@ class _KafkaPythonProducer:
 
     def send_one(self, record: Outgoing, timeout: float) -> tuple[int, int]:
         (placed,), missing = self._spreader.place([record], min(_LOOKUP, timeout))
-        topic, value, key, partition, timestamp, headers = placed
-        if topic in missing:
-            raise missing[topic]
-        future = self.client.send(
+        if placed[0] in missing:
+            raise missing[placed[0]]
+        metadata = self._send(placed).get(timeout=timeout + _GRACE)
+        return int(metadata.partition), int(metadata.offset)
+
+    def _send(self, record: Outgoing) -> Any:
+        topic, value, key, partition, timestamp, headers = record
+        return self.client.send(
             topic,
             value=value,
             key=key,
@@ -137,8 +132,6 @@ class _KafkaPythonProducer:
             timestamp_ms=timestamp,
             headers=list(headers) or None,
         )
-        metadata = future.get(timeout=timeout + _GRACE)
-        return int(metadata.partition), int(metadata.offset)
 
 
 class _ConfluentProducer:
