@@ -62,6 +62,22 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def measure_once(
+    results: Results, name: str, label: str, fn: Callable[[], T], show: Callable[[T], str] = str
+) -> T | None:
+    """Run ``fn`` once and log its value (``show``) and time; on an exception log it, record
+    it in ``results.errors[name]`` and return None."""
+    started = time.monotonic()
+    try:
+        value = fn()
+    except Exception as exc:
+        log(f"{label}: FAILED after {time.monotonic() - started:.1f} s: {exc}")
+        results.errors[name].append(f"{type(exc).__name__}: {exc}")
+        return None
+    log(f"{label}: {show(value)} ({time.monotonic() - started:.1f} s)")
+    return value
+
+
 class Runner:
     """Runs measurements, records values or failures, and logs each."""
 
@@ -75,16 +91,8 @@ class Runner:
         if name.endswith(".legacy") and self.legacy_error is not None:
             self.results.errors[name].append(self.legacy_error)
             return None
-        started = time.monotonic()
         label = f"[{name}] run {run + 1}/{runs or self.ctx.settings.runs}"
-        try:
-            value = fn()
-        except Exception as exc:
-            log(f"{label}: FAILED after {time.monotonic() - started:.1f} s: {exc}")
-            self.results.errors[name].append(f"{type(exc).__name__}: {exc}")
-            return None
-        log(f"{label}: {_show(value)} ({time.monotonic() - started:.1f} s)")
-        return value
+        return measure_once(self.results, name, label, fn, _show)
 
     def record(self, metric: str, value: float) -> None:
         """Keep one run's value of a metric."""

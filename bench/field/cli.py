@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from bench.cli import BROKER_CONFIG, log
+from bench.cli import BROKER_CONFIG, log, measure_once
 from bench.field import envs, report
 from bench.field.procs import Procs
 from bench.field.scenarios import (
@@ -50,18 +50,11 @@ class Round:
 
     def measure(self, name: str, run: int, fn: Callable[[], T]) -> T | None:
         """One measurement; None (and a recorded error) when it failed."""
-        started = time.monotonic()
         label = f"[{name}] run {run + 1}/{self.f.settings.runs}"
         try:
-            value = fn()
-        except Exception as exc:
-            log(f"{label}: FAILED after {time.monotonic() - started:.1f} s: {exc}")
-            self.results.errors[name].append(f"{type(exc).__name__}: {exc}")
-            return None
+            return measure_once(self.results, name, label, fn)
         finally:
             self.f.procs.close()
-        log(f"{label}: {value} ({time.monotonic() - started:.1f} s)")
-        return value
 
     def record(self, metric: str, value: float) -> None:
         """Keep one run's value."""
