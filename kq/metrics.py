@@ -26,7 +26,9 @@ Metrics (labels ``topic`` and ``group`` on each):
 - ``kq_rebalances_total{event}``: ``assigned``, ``revoked``, ``lost``;
 - ``kq_partitions_held``: partitions taking no new jobs because the retry or
   dead letter of one of their jobs cannot be written (delay topics
-  unreachable); alert when it stays above 0.
+  unreachable); alert when it stays above 0;
+- ``kq_partitions_blocked``: partitions paused at the head-of-line limit
+  (``head_of_line_limit`` finished jobs wait behind one still running).
 
 Lag is reported per owned partition, so summing ``kq_partition_lag`` over
 every worker of a group gives the group's lag without double counting.
@@ -79,6 +81,7 @@ class _Families:
     committed: Gauge
     rebalances: Counter
     held: Gauge
+    blocked: Gauge
 
 
 _FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
@@ -137,6 +140,13 @@ def _families(registry: CollectorRegistry) -> _Families:
                 base,
                 registry=registry,
             ),
+            blocked=Gauge(
+                "kq_partitions_blocked",
+                "Partitions paused because head_of_line_limit finished jobs wait behind an"
+                " unfinished one",
+                base,
+                registry=registry,
+            ),
         )
         _FAMILIES[registry] = families
         return families
@@ -162,6 +172,7 @@ class PrometheusObserver:
         self._m.in_flight.labels(*self._labels).set(0)
         self._m.assigned.labels(*self._labels).set(0)
         self._m.held.labels(*self._labels).set(0)
+        self._m.blocked.labels(*self._labels).set(0)
         self._m.commits.labels(*self._labels)
         for event in ("assigned", "revoked", "lost"):
             self._m.rebalances.labels(*self._labels, event)
@@ -197,6 +208,10 @@ class PrometheusObserver:
     def partitions_held(self, partitions: list[tuple[str, int]]) -> None:
         """How many partitions take no new jobs while a retry write fails."""
         self._m.held.labels(*self._labels).set(len(partitions))
+
+    def partitions_blocked(self, partitions: list[tuple[str, int]]) -> None:
+        """How many partitions are paused at the head-of-line limit."""
+        self._m.blocked.labels(*self._labels).set(len(partitions))
 
     # -- the rest ------------------------------------------------------------
 

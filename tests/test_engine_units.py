@@ -257,6 +257,9 @@ def test_held_partitions_are_a_metric() -> None:
     assert registry.get_sample_value("kq_partitions_held", labels) == 2
     observer.partitions_held([])
     assert registry.get_sample_value("kq_partitions_held", labels) == 0
+    assert registry.get_sample_value("kq_partitions_blocked", labels) == 0
+    observer.partitions_blocked([("t", 1)])
+    assert registry.get_sample_value("kq_partitions_blocked", labels) == 1
 
 
 # -- the worker against the fake adapter ------------------------------------------------
