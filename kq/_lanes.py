@@ -103,7 +103,9 @@ class Lanes:
                 live.add(coordinates)
                 ready += self._enqueue(entry)
             if ready:
-                self._work.notify(ready)
+                # one thread; it wakes the next if more is ready when it takes
+                # its message (see _run): threads join only while work waits
+                self._work.notify()
 
     def discard(self, partitions: Iterable[TopicPartition] | None = None) -> list[Entry]:
         """Remove queued, not yet started messages (of these partitions, or all)."""
@@ -187,7 +189,8 @@ class Lanes:
 
     def _run(self) -> None:
         me = threading.get_ident()
-        lock, ready, running, wait = self._lock, self._ready, self._running, self._work.wait
+        lock, ready, running = self._lock, self._ready, self._running
+        wait, notify = self._work.wait, self._work.notify
         lock.acquire()
         try:
             while True:
@@ -200,6 +203,8 @@ class Lanes:
                     wait()
                 entry = ready.popleft()
                 running[me] = entry
+                if ready:
+                    notify()  # more waits: wake one more thread (if one sleeps)
                 lock.release()
                 try:
                     completed = self._run_one(entry)

@@ -42,6 +42,9 @@ __all__ = ["Callback", "InvalidJob", "Worker"]
 # pauses its partitions (and keeps polling, paused, to stay in the group).
 _PAUSE_AFTER = 1.0
 
+# At the cap, how long the loop lets jobs end after one did, before it counts them.
+_GATHER = 0.001
+
 # What the job threads carry with each message: its offsets' generation and
 # kq's headers of the record (taken from the consumer at dispatch).
 _Tag = tuple[Generation, dict[str, bytes] | None]
@@ -114,6 +117,8 @@ class Worker:
         self._deserializer: Callable[[bytes], Any] = deserializer or dill.loads
         self._concurrency = concurrency
         self._max_in_flight = max(max_in_flight, concurrency)
+        # fetching resumes once this much room is free again (a quarter of the cap)
+        self._refill = max(1, min(self._max_in_flight // 4, 250))
         self._shutdown_timeout = shutdown_timeout
         self._commit_interval = commit_interval
         self._stopping = threading.Event()
@@ -238,14 +243,17 @@ class Worker:
         # on a job thread, before its message stops counting as busy
         self._completions.put((message, tag, outcome))
 
-    def _drain(self, wait: float = 0.0) -> None:
-        """Take finished jobs off the completion queue, waiting up to ``wait`` for the first."""
+    def _drain(self, wait: float = 0.0) -> int:
+        """Take finished jobs off the completion queue, waiting up to ``wait`` for the first;
+        how many."""
         get = self._completions.get
         tracker = self._tracker
         limit = self._head.limit
+        count = 0
         try:
             message, tag, outcome = get(timeout=wait) if wait > 0 else get(block=False)
             while True:
+                count += 1
                 part = tag[0]
                 if outcome is False:  # must run again: never committed past
                     tracker.abandoned(part, message.offset)
@@ -257,7 +265,7 @@ class Worker:
                         self._head.reached(part)
                 message, tag, outcome = get(block=False)
         except queue.Empty:
-            return
+            return count
 
     def _commit(
         self,
@@ -439,7 +447,11 @@ class Worker:
             room = self._max_in_flight - in_flight
             if max_messages is not None:
                 room = min(room, max_messages - self._processed - in_flight)
-            if room > 0:
+            # Nearly full counts as full: fetching a few messages each time
+            # room appears would hand them to the job threads (waking them) a
+            # few at a time, and wake this thread for each job that ends.
+            free = self._max_in_flight - in_flight
+            if free >= self._refill or 0 < room < free or not in_flight:
                 full_since = None
                 self._pauses.set_at_cap(False)
             elif not self._pauses.at_cap:
@@ -450,7 +462,8 @@ class Worker:
                 # clients' own threads and max.poll.interval is far longer.
                 full_since = full_since or now
                 if now - full_since < _PAUSE_AFTER:
-                    self._drain(wait=0.05)
+                    if self._drain(wait=0.05):
+                        time.sleep(_GATHER)  # let more jobs end before the next look
                     continue
                 self._pauses.set_at_cap(True)
             if self._head.active:
