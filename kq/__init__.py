@@ -20,6 +20,7 @@ from kq.job import Job
 from kq.json_jobs import JsonJobLoader
 from kq.message import Message
 from kq.queue import Batch, EnqueueSpec, Queue
+from kq.refs import FunctionRef
 from kq.retry import Attempt, RetryPolicy, current_attempt
 from kq.version import __version__
 from kq.worker import Worker
@@ -38,6 +39,7 @@ __all__ = [
     "DeadLetters",
     "EnqueueError",
     "EnqueueSpec",
+    "FunctionRef",
     "Job",
     "JsonJobLoader",
     "KQError",

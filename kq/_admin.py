@@ -7,6 +7,8 @@ bounded by the connection's ``timeout``; a broker that does not answer is a
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -14,7 +16,15 @@ from typing import Any
 
 from kq.errors import ArgumentValueError, ClusterError
 
-__all__ = ["Cluster", "ClusterError", "GroupState", "Member", "PartitionState", "create_topic"]
+__all__ = [
+    "Cluster",
+    "ClusterError",
+    "GroupState",
+    "Member",
+    "PartitionState",
+    "check_reachable",
+    "create_topic",
+]
 
 
 @dataclass(frozen=True)
@@ -138,7 +148,6 @@ class Cluster:
         ``replication_factor`` None takes the cluster's default. ``ClusterError``
         says why it could not be created (it exists, a bad setting, no rights, …).
         """
-        import time
 
         from confluent_kafka.cimpl import NewTopic
 
@@ -307,3 +316,52 @@ def create_topic(
         raise ArgumentValueError("partitions must be an int, 1 or greater")
     with Cluster(bootstrap_servers, client_config, timeout) as cluster:
         return cluster.create_topic(topic, partitions, replication_factor, config)
+
+
+def check_reachable(bootstrap_servers: str, config: Mapping[str, Any], timeout: float) -> None:
+    """Raise ``ClusterError`` naming the address unless the cluster answers within ``timeout``."""
+    from confluent_kafka.admin import AdminClient
+
+    # The client says why it cannot connect (a refused login, a plain client
+    # at a TLS or SASL listener) only in its log: keep those lines for the error.
+    noted = _NotingLogger()
+    try:
+        settings: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": noted}
+        admin = AdminClient({**settings, **config})
+    except Exception as exc:
+        raise ClusterError(f"bad Kafka client settings: {_reason(exc)}") from exc
+    try:
+        admin.list_topics(timeout=timeout)
+    except Exception as exc:
+        # The log lines come through the client's queue, served by poll; the
+        # last ones may still be on their way from its threads.
+        settle = time.monotonic() + 1.0
+        admin.poll(0)
+        while not noted.errors and time.monotonic() < settle:
+            admin.poll(0.05)
+        reason = noted.reason() or _reason(exc)
+        if "closed by peer" in reason and "security.protocol" not in config:
+            reason += "; does the cluster want a login or TLS (security.protocol)?"
+        raise ClusterError(
+            f"no Kafka broker answered at {bootstrap_servers} within {timeout:g} s ({reason})"
+        ) from exc
+
+
+class _NotingLogger(logging.Logger):
+    """librdkafka's lines for one client: passed on to ``kq.client``, the errors kept."""
+
+    def __init__(self) -> None:
+        from kq._logs import CLIENT
+
+        super().__init__("kq.client")
+        self._client_log = CLIENT  # its filter holds back repeated lines
+        self.errors: list[str] = []
+
+    def handle(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            # "FAIL [rdkafka#producer-1] [thrd:...]: 127.0.0.1:1/bootstrap: Connect ... failed"
+            self.errors.append(record.getMessage().split("]: ", 1)[-1])
+        self._client_log.handle(record)
+
+    def reason(self) -> str | None:
+        return self.errors[-1] if self.errors else None

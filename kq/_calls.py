@@ -10,7 +10,8 @@ from kq._loop import run_coroutine
 from kq.job import Job
 
 
-def _safe_repr(value: Any) -> str:
+def safe_repr(value: Any) -> str:
+    """``repr(value)``, or ``<unrepresentable: ...>`` when that raises."""
     try:
         return repr(value)
     except (Exception, SystemExit) as exc:
@@ -21,6 +22,39 @@ def _safe_repr(value: Any) -> str:
         except (Exception, SystemExit):
             kind, reason = "object", type(exc).__name__
         return f"<unrepresentable: repr() of {kind} raised {reason}>"
+
+
+class SafeRepr:
+    """Formats as ``repr(value)``, or ``<unrepresentable: ...>`` when that raises (lazily)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        value = self.value
+        try:
+            return repr(value)
+        except (Exception, SystemExit):
+            if not isinstance(value, Job):
+                return safe_repr(value)
+        # Job(id=..., args=(..., <unrepresentable: ...>), ...): only the parts that fail
+        fields = ", ".join(
+            f"{name}={_part(getattr(value, name))}" for name in Job.__dataclass_fields__
+        )
+        return f"Job({fields})"
+
+
+def _part(value: Any) -> str:
+    if type(value) in (tuple, list):
+        inner = ", ".join(safe_repr(v) for v in value)
+        if type(value) is list:
+            return f"[{inner}]"
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if type(value) is dict:
+        return "{" + ", ".join(f"{safe_repr(k)}: {safe_repr(v)}" for k, v in value.items()) + "}"
+    return safe_repr(value)
 
 
 def _name(func: Callable[..., Any]) -> str:
@@ -39,13 +73,13 @@ def call_repr(func: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> st
     try:
         name = _name(func)
     except (Exception, SystemExit):
-        name = _safe_repr(func)
-    parts = [_safe_repr(arg) for arg in args]
+        name = safe_repr(func)
+    parts = [safe_repr(arg) for arg in args]
     try:
         items = sorted(kwargs.items())
     except (Exception, SystemExit):  # keys that do not compare (not all str)
         items = list(kwargs.items())
-    parts += [f"{k if isinstance(k, str) else _safe_repr(k)}={_safe_repr(v)}" for k, v in items]
+    parts += [f"{k if isinstance(k, str) else safe_repr(k)}={safe_repr(v)}" for k, v in items]
     return f"{name}({', '.join(parts)})"
 
 

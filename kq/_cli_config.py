@@ -52,6 +52,7 @@ ENV: Mapping[str, str] = {
     "metrics_port": "KQ_METRICS_PORT",
     "metrics_host": "KQ_METRICS_HOST",
     "dead_letter_topic": "KQ_DEAD_LETTER_TOPIC",
+    "keep_invalid": "KQ_KEEP_INVALID",
 }
 
 _KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ from kq._cli_common import (
     retry_options,
 )
 from kq._cli_config import ENV
-from kq._imports import import_object
+from kq._imports import cwd_on_path, import_object
 from kq._progress import progress
+from kq.refs import FunctionRef
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ def _calls_from_lines(
         merged = {**defaults, **{k: v for k, v in spec.items() if k in defaults}}
         path = spec["function"]
         if path not in functions:
-            functions[path] = _function(path)
+            functions[path] = _job_function(path)
         try:
             options = _job_options(**merged)
         except (click.UsageError, TypeError, ValueError) as exc:
@@ -122,6 +124,26 @@ def _function(path: str) -> Callable[..., Any]:
     if not callable(func):
         raise click.UsageError(f"{path!r} is not callable")
     return func  # type: ignore[no-any-return]
+
+
+def _job_function(path: str) -> Callable[..., Any]:
+    """The job's function; by name (``kq.FunctionRef``) when its module is not here.
+
+    The workers import it when they read the job; a module that exists here
+    but lacks the name is a typo and an error now.
+    """
+    module = path.partition(":")[0]
+    cwd_on_path()
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        try:
+            return FunctionRef(path)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    return _function(path)
 
 
 @click.command(context_settings=CONTEXT)
@@ -167,6 +189,12 @@ def _function(path: str) -> Callable[..., Any]:
     f" other users) [env {ENV['signing_key']}]",
 )
 @click.option(
+    "--expires",
+    type=float,
+    metavar="SECONDS",
+    help="signed jobs: how long after they are due workers still run them (default a day)",
+)
+@click.option(
     "--delivery-timeout",
     type=click.FloatRange(min=0.1),
     default=30.0,
@@ -197,6 +225,7 @@ def enqueue(
     serializer: str | None,
     json_jobs: bool,
     signing_key: str | None,
+    expires: float | None,
     delivery_timeout: float,
 ) -> int:
     """Enqueue MODULE:FUNCTION(JSON_ARG, ...) to TOPIC; print each job's id.
@@ -227,7 +256,7 @@ def enqueue(
         kwargs = _json_value(kwargs_json, "--kwargs") if kwargs_json is not None else {}
         if not isinstance(kwargs, dict):
             raise click.UsageError("--kwargs must be a JSON object, e.g. '{\"n\": 1}'")
-        call = _Call(_function(function), values, kwargs, _job_options(**defaults))
+        call = _Call(_job_function(function), values, kwargs, _job_options(**defaults))
         calls = [call] * count
     if json_jobs and serializer:
         raise click.UsageError("give --json-jobs or --serializer, not both")
@@ -253,6 +282,7 @@ def enqueue(
         admin_config=conn.quiet_config(),
         serializer=encode,
         signing_key=signing_key or None,
+        expires=expires,
     )
     _enqueue_calls(queue, calls)
     return 0

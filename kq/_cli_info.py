@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from kq._admin import Cluster
+from kq._admin import Cluster, ClusterError
 from kq._cli_common import (
     CONTEXT,
     connection,
@@ -66,7 +66,31 @@ def _info(cluster: Cluster, topic: str, group: str | None) -> dict[str, Any]:
         info["dead_letters"] = {"topic": dead, "count": held}
     else:
         info["dead_letters"] = {"topic": dead, "count": 0}
+    info["delay"] = _delay_info(cluster, topic)
     return info
+
+
+def _delay_info(cluster: Cluster, topic: str) -> dict[str, Any]:
+    """Jobs waiting in the delay tiers, and the forwarder group that moves them."""
+    from kq.schedule import delay_topics, forwarder_group
+
+    group = forwarder_group(topic)
+    existing = cluster.topics()
+    tiers = []
+    try:
+        for tier in (t for t in delay_topics(topic) if t in existing):
+            states = cluster.states(tier, group)
+            tiers.append({"topic": tier, "waiting": sum(s.lag for s in states)})
+        described = cluster.describe_group(group)
+    except ClusterError as exc:
+        return {"group": group, "error": str(exc)}
+    return {
+        "group": group,
+        "state": described.state,
+        "members": [{"client_id": m.client_id, "host": m.host} for m in described.members],
+        "waiting": sum(t["waiting"] for t in tiers),
+        "tiers": tiers,
+    }
 
 
 def _show_info(info: dict[str, Any]) -> None:
@@ -102,6 +126,15 @@ def _show_info(info: dict[str, Any]) -> None:
         out.print(members)
     dead = info["dead_letters"]
     out.print(f"dead letters: {dead['count']} in {dead['topic']}", highlight=False)
+    delay = info["delay"]
+    if "error" in delay:
+        out.print(f"delay tiers: unknown ({delay['error']})", highlight=False)
+    else:
+        out.print(
+            f"delay tiers: {delay['waiting']} waiting; forwarder group {delay['group']}"
+            f" ({delay['state']}, {len(delay['members'])} members)",
+            highlight=False,
+        )
 
 
 @click.command(context_settings=CONTEXT)
@@ -124,6 +157,9 @@ def info(
 
     Lag is what the group has not finished yet: end offset minus committed
     offset (or minus the earliest offset where it has committed nothing).
+    Also: the dead letters, the jobs waiting in the delay tiers and the state
+    of the delay forwarders' group (no members while workers run: forwarding
+    is down).
     """
     conn = connection(bootstrap, client_settings, client_config_file, connect_timeout, verbose)
     with conn.cluster() as cluster:

@@ -11,10 +11,12 @@ effects on the worker's memory do not survive it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pickle
 import select
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -30,6 +32,35 @@ from kq.errors import JobProcessError, RemoteJobError
 from kq.job import Job
 
 _READ_SIZE = 1 << 16
+_PR_SET_PDEATHSIG = 1
+
+
+def _find_prctl() -> Any:
+    # Looked up once in the worker: a forked child must not dlopen (a lock
+    # another thread held at fork time would never be released in it).
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _find_prctl()
+
+
+def _die_with_worker(worker_pid: int) -> None:
+    """In the child: be SIGKILLed when the worker dies, so a timed job never outlives it.
+
+    Linux sends the signal when the thread that forked the child ends, which in
+    a worker is the job thread waiting for this child (or the whole process).
+    Elsewhere, and if the worker died before this took effect, the parent pid
+    says so once.
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != worker_pid:
+        os._exit(70)
 
 
 @dataclass(slots=True)
@@ -127,6 +158,7 @@ def run_isolated(job: Job, timeout: float, abort: threading.Event) -> Result:
         read_fd, write_fd = os.pipe()
     except OSError as exc:
         return _not_started(exc)
+    worker_pid = os.getpid()
     try:
         pid = os.fork()
     except OSError as exc:
@@ -136,6 +168,7 @@ def run_isolated(job: Job, timeout: float, abort: threading.Event) -> Result:
     if pid == 0:  # pragma: no cover - runs in the child
         code = 0
         try:
+            _die_with_worker(worker_pid)
             os.close(read_fd)
             _run_child(job, write_fd)
         except BaseException:

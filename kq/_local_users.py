@@ -8,13 +8,12 @@ read. ``--user NAME=PASSWORD`` still works, with a warning.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from kq._private_files import read_private
 
-__all__ = ["credentials_from_arguments", "read_users_file"]
+__all__ = ["credentials", "read_users_file"]
 
 _DEFAULT_ADMIN = ("admin", "admin-secret")
 
@@ -43,25 +42,25 @@ def _pair(text: str) -> tuple[str, str]:
     return name, password
 
 
-def credentials_from_arguments(
-    parser: argparse.ArgumentParser, args: argparse.Namespace
+def credentials(
+    users_file: str | None, admin: str | None, pairs: list[str], prog: str
 ) -> tuple[tuple[str, str], dict[str, str]]:
     """``(admin, users)`` from ``--users-file``, ``--admin`` and ``--user``; ``ValueError``."""
-    users = read_users_file(args.users_file) if args.users_file else {}
-    users.update(_pair(text) for text in args.user)
-    on_command_line = bool(args.user) or "=" in (args.admin or "")
+    users = read_users_file(users_file) if users_file else {}
+    users.update(_pair(text) for text in pairs)
+    on_command_line = bool(pairs) or "=" in (admin or "")
     if on_command_line:
         print(
-            f"{parser.prog}: warning: a password given as --user/--admin NAME=PASSWORD can be"
+            f"{prog}: warning: a password given as --user/--admin NAME=PASSWORD can be"
             " read by every user of this machine (ps, /proc/PID/cmdline); use --users-file",
             file=sys.stderr,
             flush=True,
         )
-    if args.admin and "=" in args.admin:
-        return _pair(args.admin), users
-    name = args.admin or _DEFAULT_ADMIN[0]
+    if admin and "=" in admin:
+        return _pair(admin), users
+    name = admin or _DEFAULT_ADMIN[0]
     if name in users:
         return (name, users.pop(name)), users
-    if args.admin:
+    if admin:
         raise ValueError(f"--admin {name}: no password for {name!r} in --users-file")
     return _DEFAULT_ADMIN, users

@@ -9,6 +9,9 @@ records would reach its parent's handlers.
 from __future__ import annotations
 
 import logging
+import re
+import threading
+import time
 
 CONSUMER = logging.getLogger("kq.consumer")
 """Group membership and offsets: partitions assigned, revoked or lost, commits
@@ -28,3 +31,48 @@ DELAY = logging.getLogger("kq.delay")
 
 PRODUCER = logging.getLogger("kq.producer")
 """Enqueue-side diagnostics beyond KQ's ``Enqueueing`` line (batch failures)."""
+
+CLIENT = logging.getLogger("kq.client")
+"""librdkafka's own lines, for the confluent-kafka clients kq builds: through
+Python logging (never raw on stderr), errors only by default (its warnings are
+retries it makes by itself), a repeated line at most once a minute."""
+
+_DIGITS = re.compile(r"\d+")
+
+
+class _Repeats(logging.Filter):
+    """Lets a line through once a ``window``, saying how many like it were held back.
+
+    A client that cannot reach its cluster says the same thing (``Connect to
+    ...:1 failed``) several times a second; its first line tells the story.
+    Lines that differ only in numbers (times, ports, client ids) are alike.
+    """
+
+    def __init__(self, window: float = 60.0) -> None:
+        super().__init__()
+        self._window = window
+        self._seen: dict[str, list[float]] = {}  # alike key -> [last let through, held back]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = _DIGITS.sub("#", record.getMessage())
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self._window:
+                seen[1] += 1
+                return False
+            if len(self._seen) > 1000:
+                self._seen.clear()
+            self._seen[key] = [now, 0]
+        if seen is not None and seen[1]:
+            record.msg = f"{record.getMessage()} ({int(seen[1])} more like it held back)"
+            record.args = None
+        return True
+
+
+CLIENT.addFilter(_Repeats())
+# librdkafka warns of every transient condition it retries by itself (a
+# coordinator still loading, a broker reconnecting); errors stay visible.
+# kq.client at WARNING or DEBUG shows them: logging.getLogger("kq.client").setLevel(...)
+CLIENT.setLevel(logging.ERROR)

@@ -50,6 +50,14 @@ class ProducerAdapter(Protocol):
         """
         ...
 
+    def send_one(self, record: Outgoing, timeout: float) -> tuple[int, int]:
+        """Send one record and wait; where it was written ``(partition, offset)``.
+
+        Raises the client's error when it was not acknowledged; ``(-1, -1)``
+        when a client that reports only failures wrote it.
+        """
+        ...
+
 
 def _join_hosts(value: Any) -> str:
     if isinstance(value, str):
@@ -73,6 +81,8 @@ class _KafkaPythonProducer:
             if self.client._metadata.brokers():
                 raise TopicMissing(topic) from None
             return None
+        except Exception:
+            return None  # e.g. not authorized: the send says so, as without kq's placing
         return sorted(self.client._metadata.available_partitions_for_topic(topic) or ())
 
     def send_all(self, records: Sequence[Outgoing], timeout: float) -> list[BaseException | None]:
@@ -114,6 +124,22 @@ class _KafkaPythonProducer:
                 errors[index] = exc
         return errors
 
+    def send_one(self, record: Outgoing, timeout: float) -> tuple[int, int]:
+        (placed,), missing = self._spreader.place([record], min(_LOOKUP, timeout))
+        topic, value, key, partition, timestamp, headers = placed
+        if topic in missing:
+            raise missing[topic]
+        future = self.client.send(
+            topic,
+            value=value,
+            key=key,
+            partition=partition,
+            timestamp_ms=timestamp,
+            headers=list(headers) or None,
+        )
+        metadata = future.get(timeout=timeout + _GRACE)
+        return int(metadata.partition), int(metadata.offset)
+
 
 class _ConfluentProducer:
     def __init__(self, client: Any) -> None:
@@ -123,6 +149,9 @@ class _ConfluentProducer:
         self._lock = threading.Lock()
         self._spreader = Spreader(self._partitions)
         self.resolve_hosts()
+
+    def send_one(self, record: Outgoing, timeout: float) -> tuple[int, int]:
+        return _confluent_send_one(self, record, timeout)
 
     def _partitions(self, topic: str, timeout: float) -> list[int] | None:
         from confluent_kafka import KafkaError
@@ -254,7 +283,44 @@ class _ConfluentProducer:
                 note = f" (client error: {last[1]})"
             taken = [i for i in range(len(records)) if i not in refused]
             _attribute(records, taken, reports, errors, timeout, fatal, complete, note)
+        if any(_is_local_fatal(errors[index]) for index in refused):
+            # A producer that turned fatal refuses every record with a bare
+            # "Local: Fatal error": name the reason (its error callback, served
+            # by poll, remembers it; see make_producer).
+            fatal_text = getattr(self.client, "fatal_error", None) or _fatal_reason(self.client)
+            for index in refused:
+                if fatal_text and _is_local_fatal(errors[index]):
+                    errors[index] = _with_reason(errors[index], fatal_text)
         return errors
+
+
+def _confluent_send_one(adapter: Any, record: Outgoing, timeout: float) -> tuple[int, int]:
+    from confluent_kafka import KafkaException
+
+    (placed,), missing = adapter._spreader.place([record], min(_LOOKUP, timeout))
+    topic, value, key, partition, timestamp, headers = placed
+    if topic in missing:
+        raise missing[topic]
+    reports: list[tuple[Any, Any]] = []
+    options: dict[str, Any] = {"timestamp": timestamp, "headers": list(headers) or None}
+    if partition is not None:
+        options["partition"] = partition
+    with adapter._lock:
+        adapter.client.produce(
+            topic, value, key, on_delivery=lambda err, msg: reports.append((err, msg)), **options
+        )
+        deadline = time.monotonic() + timeout + _GRACE
+        left = 1
+        while not reports and left and time.monotonic() < deadline:
+            left = adapter.client.flush(min(deadline - time.monotonic(), 0.5))
+    if reports:
+        error, message = reports[0]
+        if error is not None:
+            raise KafkaException(error)
+        return int(message.partition()), int(message.offset())
+    if left:
+        raise TimeoutError(f"not acknowledged within {timeout} s")
+    return -1, -1  # delivered; the producer reports only failures (delivery.report.only.error)
 
 
 def _attribute(
@@ -291,6 +357,32 @@ def _attribute(
     for indexes in pending.values():
         for index in indexes:
             errors[index] = fatal or TimeoutError(f"not acknowledged within {timeout} s{note}")
+
+
+def _fatal_reason(client: Any) -> str | None:
+    """Why a producer turned fatal: confluent-kafka raises it from ``poll`` (within a second)."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        try:
+            client.poll(0.1)
+        except Exception as exc:
+            cause = exc.__cause__
+            return _reason(cause if isinstance(exc, SystemError) and cause is not None else exc)
+    return None
+
+
+def _is_local_fatal(error: BaseException | None) -> bool:
+    from confluent_kafka import KafkaError, KafkaException
+
+    first = error.args[0] if isinstance(error, KafkaException) and error.args else None
+    return isinstance(first, KafkaError) and first.code() == KafkaError._FATAL
+
+
+def _with_reason(error: BaseException | None, reason: str) -> BaseException:
+    from confluent_kafka import KafkaError, KafkaException
+
+    first: Any = error.args[0] if error is not None and error.args else None
+    return KafkaException(KafkaError(first.code(), f"{first.str()} (fatal client error: {reason})"))
 
 
 def _reason(error: BaseException) -> str:

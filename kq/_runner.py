@@ -21,8 +21,9 @@ from kq._loop import EventLoopThread
 from kq._retrying import RetryRouter
 from kq.job import Job
 from kq.message import Message
-from kq.retry import Attempt, reset_current, set_current
-from kq.signing import SIGNATURE_HEADER, Verifier
+from kq.retry import H_ID, H_RETRY, Attempt, reset_current, set_current
+from kq.schedule import now_ms
+from kq.signing import Verifier
 
 TopicPartition = tuple[str, int]
 Callback = Callable[[str, Message, "Job | None", Any, "BaseException | None", "str | None"], Any]
@@ -36,6 +37,83 @@ RETRY_WRITE_BACKOFF_MAX = 30.0
 
 class InvalidJob(Exception):
     """Why a message is not a runnable job."""
+
+
+class Invalid:
+    """A message that is not a runnable job: the error, and the module it could not import."""
+
+    __slots__ = ("error", "module", "refused")
+
+    def __init__(self, error: BaseException, refused: bool) -> None:
+        self.error = error
+        self.module = _unimportable_module(error)
+        # refused unread (size, signature, expiry): its letter is never signed
+        self.refused = refused
+
+
+def _unimportable_module(error: BaseException) -> str | None:
+    """The module a deserializer could not import, when that is why (its cause chain)."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ImportError) and seen.name:
+            return seen.name
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def safe_repr_text(error: BaseException) -> str:
+    """``str(error)``, or a placeholder when that raises."""
+    try:
+        return str(error)
+    except (Exception, SystemExit):
+        return f"<{type(error).__name__} whose str() raised>"
+
+
+class Unimportable:
+    """Says loudly, once per streak, that jobs keep naming a module this worker cannot import.
+
+    KQ's ``Job was invalid: ...`` line is written for each such message; this
+    adds one clear line (``kq.runtime``) after ``STREAK`` in a row and every
+    ``EVERY`` seconds while it lasts, and the observer's ``job_unimportable``.
+    """
+
+    STREAK = 10
+    EVERY = 600.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._module: str | None = None
+        self._count = 0
+        self._said = 0.0
+
+    def seen(self, module: str | None, observer: Any, kept: bool) -> None:
+        if module is None:
+            with self._lock:
+                self._module, self._count = None, 0
+            return
+        if observer is not None:
+            notify(observer, "job_unimportable", module)
+        with self._lock:
+            if module != self._module:
+                self._module, self._count, self._said = module, 0, 0.0
+            self._count += 1
+            count = self._count
+            now = time.monotonic()
+            if count < self.STREAK or now - self._said < self.EVERY:
+                return
+            self._said = now
+        RUNTIME.error(
+            "%s jobs in a row name module %r, which this worker cannot import: are the"
+            " workers running the code the producers enqueue (same version, same folder or"
+            " PYTHONPATH)? Each is reported invalid and %s",
+            count,
+            module,
+            "kept in the dead-letter topic: requeue them once the code is deployed"
+            if kept
+            else "committed (Worker(keep_invalid=True) keeps them as dead letters)",
+        )
 
 
 def check_job(obj: Any) -> Job:
@@ -101,18 +179,28 @@ class MessageRunner:
         self._loop = loop
         self._owns = owns
         self._hold = hold
+        self._unimportable = Unimportable()
 
     def process(self, message: Message, tag: tuple[Any, Mapping[str, bytes] | None]) -> bool:
         """Run one message's job and its callback; False if it must run again."""
         headers = tag[1]
         job: Job | None = None
         try:
-            attempt = self._router.attempt(headers)
+            # Size and signature before anything of the record is read, its
+            # kq-* headers included: a refused record is one `invalid`.
+            refusal = self._refusal(message, headers) if self._limits else ""
+            if refusal:
+                attempt = self._router.first
+            else:
+                if self._router.foreign(headers):
+                    return True  # another group's retry: committed here, run there
+                attempt = self._router.attempt(headers)
             token = set_current(attempt)
             try:
-                job = self._checked(message, headers)
-                if job is None:
-                    return True
+                checked = self._checked(message, headers, refusal)
+                if isinstance(checked, Invalid):
+                    return self._invalid(message, headers, checked)
+                job = checked
                 return self._run(message, headers, attempt, job)
             finally:
                 reset_current(token)
@@ -152,20 +240,24 @@ class MessageRunner:
         except BaseException as exc:  # also SystemExit: a callback never ends the thread
             self._logger.exception("Callback raised an exception: %s", exc)
 
-    def _check_limits(self, message: Message, headers: Mapping[str, bytes] | None) -> None:
-        # Before anything is deserialized: size first, then the signature.
-        if self._max_bytes is not None and len(message.value) > self._max_bytes:
-            raise InvalidJob(
-                f"message of {len(message.value)} bytes exceeds max_message_bytes={self._max_bytes}"
-            )
+    def _refusal(self, message: Message, headers: Mapping[str, bytes] | None) -> str:
+        """Why the record is refused unread (too large, not validly signed, expired), or ``""``."""
+        if self._max_bytes is not None:
+            # what the worker reads of it: key, value and kq's headers
+            size = len(message.value) + len(message.key or b"")
+            size += sum(len(k) + len(v) for k, v in (headers or {}).items())
+            if size > self._max_bytes:
+                return f"message of {size} bytes exceeds max_message_bytes={self._max_bytes}"
         if self._verifier is not None:
-            signature = (headers or {}).get(SIGNATURE_HEADER)
-            problem = self._verifier.problem(message.topic, message.key, message.value, signature)
-            if problem:
-                raise InvalidJob(problem)
+            return self._verifier.problem(
+                message.topic, message.key, message.value, headers, now_ms()
+            )
+        return ""
 
-    def _checked(self, message: Message, headers: Mapping[str, bytes] | None) -> Job | None:
-        """The message's job, or None once it was reported ``invalid``."""
+    def _checked(
+        self, message: Message, headers: Mapping[str, bytes] | None, refusal: str
+    ) -> Job | Invalid:
+        """The message's job, or why it is not one (KQ's ``Job was invalid`` line written)."""
         # Asked once per job: three INFO lines per no-op job are a measurable
         # share of it even when INFO is off.
         info = self._logger.isEnabledFor(logging.INFO)
@@ -177,15 +269,16 @@ class MessageRunner:
                 message.offset,
             )
         try:
-            if self._limits:
-                self._check_limits(message, headers)
+            if refusal:
+                raise InvalidJob(refusal)
             job = check_job(self._decode(message.value))
+            if self._verifier is not None:
+                signed_id = (headers or {})[H_ID].decode(errors="replace")
+                if job.id != signed_id:
+                    raise InvalidJob(f"job id {job.id!r} is not its signed kq-id {signed_id!r}")
         except BaseException as exc:  # a deserializer may raise anything, sys.exit() included
             self._logger.error("Job was invalid: %s", exc)
-            if self._observer is not None:
-                notify(self._observer, "job_finished", "invalid", 0.0)
-            self._run_callback("invalid", message, None, None, None, None)
-            return None
+            return Invalid(exc, refused=bool(refusal))
         # Outside the check: how a job is logged never decides whether it runs
         # (call_repr shows an argument whose repr() fails as unrepresentable).
         # The repr is the costliest step of a no-op job: only when logged.
@@ -193,6 +286,28 @@ class MessageRunner:
             description = call_repr(job.func, job.args or (), job.kwargs or {})  # type: ignore[arg-type]
             self._logger.info("Executing job %s: %s", job.id, description)
         return job
+
+    def _invalid(
+        self, message: Message, headers: Mapping[str, bytes] | None, invalid: Invalid
+    ) -> bool:
+        """Report an invalid message; keep it as a dead letter first when the worker keeps them."""
+        # A job enqueued with a retry policy asked to be kept: its producer's
+        # headers say so (read only for a record that passed the signature check).
+        keep = self._router.keeps_invalid or (
+            not invalid.refused and headers is not None and H_RETRY in headers
+        )
+        self._unimportable.seen(invalid.module, self._observer, keep)
+        if keep:
+            reason = f"{type(invalid.error).__name__}: {safe_repr_text(invalid.error)}"
+            if not self._write(
+                message,
+                lambda: self._router.invalid(message, headers, reason, signed=not invalid.refused),
+            ):
+                return False
+        if self._observer is not None:
+            notify(self._observer, "job_finished", "invalid", 0.0)
+        self._run_callback("invalid", message, None, None, None, None)
+        return True
 
     def _run(
         self, message: Message, headers: Mapping[str, bytes] | None, attempt: Attempt, job: Job
@@ -221,7 +336,18 @@ class MessageRunner:
             )
         # The retry (or dead letter) is durably written before the callback runs
         # and before the offset can be committed.
-        if not self._route(message, headers, attempt, result, job):
+        if not self._write(
+            message,
+            lambda: self._router.route(
+                message,
+                headers,
+                attempt,
+                result.status,
+                job.timestamp,
+                result.exception,
+                result.stacktrace,
+            ),
+        ):
             return False
         if result.status == "timeout":
             self._run_callback("timeout", message, job, None, None, None)
@@ -229,29 +355,14 @@ class MessageRunner:
             self._run_callback("failure", message, job, None, result.exception, result.stacktrace)
         return True
 
-    def _route(
-        self,
-        message: Message,
-        headers: Mapping[str, bytes] | None,
-        attempt: Attempt,
-        result: Result,
-        job: Job,
-    ) -> bool:
-        """Write the failed attempt's retry or dead letter; False if given up (runs again)."""
+    def _write(self, message: Message, write: Callable[[], bool]) -> bool:
+        """Write a retry or dead letter until it is written; False if given up (runs again)."""
         tp = (message.topic, message.partition)
         failures = 0
         try:
             while True:
                 try:
-                    if self._router.route(
-                        message,
-                        headers,
-                        attempt,
-                        result.status,
-                        job.timestamp,
-                        result.exception,
-                        result.stacktrace,
-                    ):
+                    if write():
                         break
                 except Exception:
                     # not an outage: writing again would fail the same way

@@ -21,7 +21,9 @@ from typing import Any
 
 __all__ = ["WorkerSettings", "run_worker"]
 
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP (a closed terminal) stops a worker as SIGTERM does; the worker itself
+# takes over SIGTERM and SIGINT once it runs.
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 
@@ -47,6 +49,7 @@ class WorkerSettings:
     backoff: float = 1.0
     retry_timeouts: bool = False
     dead_letter_topic: str | None = None
+    keep_invalid: bool | None = None
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     reload: bool = False
@@ -127,6 +130,8 @@ def worker_options(settings: WorkerSettings) -> dict[str, Any]:
         )
     if settings.dead_letter_topic:
         options["dead_letter_topic"] = settings.dead_letter_topic
+    if settings.keep_invalid is not None:
+        options["keep_invalid"] = settings.keep_invalid
     options.setdefault("concurrency", settings.concurrency)
     options.setdefault("max_in_flight", settings.max_in_flight)
     options.setdefault("shutdown_timeout", settings.shutdown_timeout)
@@ -140,15 +145,24 @@ class _StopBeforeStart(BaseException):
 def run_worker(settings: WorkerSettings) -> int:
     """Build the worker (and its metrics endpoint), run it until stopped; return the exit code.
 
-    A SIGTERM or SIGINT before the worker runs ends the process quietly with 0;
-    once it runs, the worker's own graceful shutdown handles them.
+    A SIGTERM, SIGINT or SIGHUP before the worker runs ends the process quietly
+    with 0; once it runs, the worker's own graceful shutdown handles them (a
+    second one stops it at once).
     """
     running: list[Any] = []
+    asked: list[int] = []  # signals received while the worker runs
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if not running:
             raise _StopBeforeStart
-        running[0].stop()
+        asked.append(signum)
+        immediately = len(asked) > 1  # a second signal: at once
+        logging.getLogger("kq.runtime").info(
+            "Signal %s: %s",
+            signal.Signals(signum).name,
+            "stopping at once" if immediately else "finishing running jobs, then stopping",
+        )
+        running[0].stop(immediately=immediately)
 
     main = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.getsignal(sig) for sig in _SIGNALS} if main else {}

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import sys
-import time
 from collections.abc import Sequence
-from types import FrameType
 from typing import NoReturn
 
 import click
@@ -24,7 +21,6 @@ from kq._cli_common import (
     CommandError,
     connection,
     connection_options,
-    fail,
     friendly,
     retry_options,
 )
@@ -32,6 +28,7 @@ from kq._cli_config import ENV
 from kq._cli_dead_letters import dead_letters
 from kq._cli_enqueue import enqueue
 from kq._cli_info import info
+from kq._cli_local import local_kafka
 from kq._cli_replay import replay
 from kq._cli_topic import topic
 from kq._imports import cwd_on_path
@@ -56,7 +53,7 @@ def cli() -> None:
     """
 
 
-for command in (enqueue, info, dead_letters, replay, topic):
+for command in (enqueue, info, dead_letters, replay, topic, local_kafka):
     cli.add_command(command)
 
 
@@ -153,6 +150,14 @@ for command in (enqueue, info, dead_letters, replay, topic):
     help=f"default TOPIC.kq-dead [env {ENV['dead_letter_topic']}]",
 )
 @click.option(
+    "--keep-invalid/--no-keep-invalid",
+    envvar=ENV["keep_invalid"],
+    default=None,
+    help="write messages that are not runnable jobs (a function the worker cannot import)"
+    " to the dead-letter topic before committing them (default: when --max-attempts or"
+    f" --dead-letter-topic is given) [env {ENV['keep_invalid']}]",
+)
+@click.option(
     "--metrics-port",
     envvar=ENV["metrics_port"],
     type=click.IntRange(min=1, max=65535),
@@ -235,6 +240,7 @@ def worker(
     backoff: float,
     retry_timeouts: bool,
     dead_letter_topic: str | None,
+    keep_invalid: bool | None,
     metrics_port: int | None,
     metrics_host: str,
     max_restarts: int,
@@ -281,6 +287,7 @@ def worker(
         backoff=backoff,
         retry_timeouts=retry_timeouts,
         dead_letter_topic=dead_letter_topic,
+        keep_invalid=keep_invalid,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         log_level=log_level.upper(),
@@ -306,61 +313,6 @@ def worker(
         watch=CodeWatcher([os.getcwd()]).changed if reload else None,
     )
     return supervisor.run()
-
-
-# -- local Kafka -------------------------------------------------------------------
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@cli.command("local-kafka", context_settings=CONTEXT)
-@click.option("--nodes", type=click.Choice(["1", "3"]), default="1", show_default=True)
-@click.option(
-    "--topic",
-    "topics",
-    multiple=True,
-    metavar="NAME[:PARTITIONS]",
-    help="create this topic once up; repeatable",
-)
-@click.option("--workdir", type=click.Path(file_okay=False), help="keep the data here")
-@friendly
-def local_kafka(nodes: str, topics: tuple[str, ...], workdir: str | None) -> int:
-    """Run the project's local Apache Kafka in the foreground until Ctrl-C.
-
-    Prints bootstrap_servers=HOST:PORT first; the data is thrown away on exit
-    unless --workdir is given.
-    """
-    from kq.local import LocalKafka
-
-    wanted: list[tuple[str, int]] = []
-    for spec in topics:
-        name, _, count = spec.partition(":")
-        if not name or (count and not count.isdigit()) or count == "0":
-            raise click.UsageError(f"--topic expects NAME or NAME:PARTITIONS, not {spec!r}")
-        wanted.append((name, int(count or 1)))
-    signal.signal(signal.SIGTERM, _interrupt)
-    kafka = LocalKafka(int(nodes), workdir=workdir)
-    try:
-        kafka.start()
-        click.echo(f"bootstrap_servers={kafka.bootstrap_servers}")
-        for name, partitions in wanted:
-            kafka.create_topic(name, partitions=partitions, replication_factor=int(nodes))
-            click.echo(f"created topic {name} ({partitions} partitions)")
-        click.echo(
-            f"export {ENV['bootstrap']}={kafka.bootstrap_servers}   # then use kq; Ctrl-C stops",
-            err=True,
-        )
-        sys.stdout.flush()
-        while all(kafka.is_running(node_id) for node_id in kafka.node_ids):
-            time.sleep(0.5)
-        stopped = next(i for i in kafka.node_ids if not kafka.is_running(i))
-        fail(f"Kafka node {stopped} exited: {kafka.log_tail(stopped, 5)}")
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        kafka.stop()
 
 
 # -- entry point -------------------------------------------------------------------

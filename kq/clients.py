@@ -8,8 +8,22 @@ import weakref
 from typing import Any, Literal
 
 from kq._checks import fail_value
+from kq._logs import CLIENT
 
-ClientName = Literal["confluent", "kafka-python"]
+ClientName = Literal["confluent", "confluent-kafka", "kafka-python"]
+"""Which Kafka client kq builds: ``"confluent"`` (or its package name
+``"confluent-kafka"``) or ``"kafka-python"``."""
+
+
+def client_family(client: str) -> Literal["confluent", "kafka-python"]:
+    """``"confluent"`` or ``"kafka-python"`` for a ``ClientName``; ``ValueError`` otherwise."""
+    if client in ("confluent", "confluent-kafka"):
+        return "confluent"
+    if client == "kafka-python":
+        return "kafka-python"
+    fail_value(
+        f"client must be 'confluent' (or 'confluent-kafka') or 'kafka-python', not {client!r}"
+    )
 
 
 def make_producer(
@@ -26,7 +40,7 @@ def make_producer(
     ``config`` is passed to the client as is and wins over kq's choices.
     """
     timeout_ms = int(delivery_timeout * 1000)
-    if client == "confluent":
+    if client_family(client) == "confluent":
         settings: dict[str, Any] = {
             "bootstrap.servers": bootstrap_servers,
             "acks": "all",
@@ -37,27 +51,26 @@ def make_producer(
             # kq counts a record that left the client unreported as
             # acknowledged; a report per success would cost a Python call each.
             "delivery.report.only.error": True,
+            "logger": CLIENT,
         }
         settings.update(config)
         return _remembering(settings)
-    if client == "kafka-python":
-        from kafka import KafkaProducer
+    from kafka import KafkaProducer
 
-        kp_settings: dict[str, Any] = {
-            "bootstrap_servers": bootstrap_servers,
-            "acks": "all",
-            "linger_ms": 2,
-            "max_block_ms": timeout_ms,
-            "request_timeout_ms": max(min(timeout_ms - 10, 30000), 1),
-            # Records still unsent at the queue's deadline expire in the client
-            # instead of being delivered later, after enqueue already failed.
-            "delivery_timeout_ms": timeout_ms,
-            # Without it the constructor waits 30 s for an unreachable broker.
-            "bootstrap_timeout_ms": timeout_ms,
-        }
-        kp_settings.update(config)
-        return KafkaProducer(**kp_settings)
-    fail_value(f"client must be 'confluent' or 'kafka-python', not {client!r}")
+    kp_settings: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers,
+        "acks": "all",
+        "linger_ms": 2,
+        "max_block_ms": timeout_ms,
+        "request_timeout_ms": max(min(timeout_ms - 10, 30000), 1),
+        # Records still unsent at the queue's deadline expire in the client
+        # instead of being delivered later, after enqueue already failed.
+        "delivery_timeout_ms": timeout_ms,
+        # Without it the constructor waits 30 s for an unreachable broker.
+        "bootstrap_timeout_ms": timeout_ms,
+    }
+    kp_settings.update(config)
+    return KafkaProducer(**kp_settings)
 
 
 @functools.cache
@@ -109,7 +122,7 @@ def make_consumer(
     so a worker joining or leaving does not take partitions (and their running
     jobs) from the others unless they must move. ``config`` wins over kq's choices.
     """
-    if client == "confluent":
+    if client_family(client) == "confluent":
         from confluent_kafka import Consumer
 
         settings: dict[str, Any] = {
@@ -125,27 +138,26 @@ def make_consumer(
             # partition); the short backoff keeps the drain rate with it.
             "queued.max.messages.kbytes": 8192,
             "fetch.queue.backoff.ms": 10,
+            "logger": CLIENT,
         }
         settings.update(config)
         return Consumer(settings)
-    if client == "kafka-python":
-        from kafka import KafkaConsumer
-        from kafka.coordinator.assignors.cooperative_sticky import (
-            CooperativeStickyAssignor,
-        )
+    from kafka import KafkaConsumer
+    from kafka.coordinator.assignors.cooperative_sticky import (
+        CooperativeStickyAssignor,
+    )
 
-        kp_settings: dict[str, Any] = {
-            "bootstrap_servers": bootstrap_servers,
-            "group_id": group,
-            "enable_auto_commit": False,
-            "auto_offset_reset": "earliest",
-            "session_timeout_ms": 10000,
-            "heartbeat_interval_ms": 1000,
-            "partition_assignment_strategy": (CooperativeStickyAssignor,),
-        }
-        kp_settings.update(config)
-        return KafkaConsumer(**kp_settings)
-    fail_value(f"client must be 'confluent' or 'kafka-python', not {client!r}")
+    kp_settings: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers,
+        "group_id": group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": 10000,
+        "heartbeat_interval_ms": 1000,
+        "partition_assignment_strategy": (CooperativeStickyAssignor,),
+    }
+    kp_settings.update(config)
+    return KafkaConsumer(**kp_settings)
 
 
 # kafka-python's names for the login and TLS settings, in librdkafka's words.
@@ -171,7 +183,7 @@ def login_settings(config: dict[str, Any] | None, client: ClientName) -> dict[st
     """
     if not config:
         return {}
-    if client == "kafka-python":
+    if client_family(client) == "kafka-python":
         login = {_LOGIN_KEYS[k]: v for k, v in config.items() if k in _LOGIN_KEYS and v is not None}
         if config.get("ssl_check_hostname") is False:
             login["ssl.endpoint.identification.algorithm"] = "none"

@@ -4,11 +4,18 @@ After its last failed attempt a job with a retry policy is written, unchanged,
 to ``<topic>.kq-dead`` with what went wrong in headers. Kafka cannot delete
 single records, so the dead-letter topic is a log: ``list`` reads it (from a
 given offset on), ``requeue`` sends a job back to its topic for a fresh set of
-attempts; note the offsets you have handled, or use ``since``.
+attempts and appends a marker record (empty value, ``kq-requeued`` header) to
+the letter's partition, so that a letter is requeued once unless asked again.
+
+A requeue goes to the job topic this ``DeadLetters`` was made for, or to the
+topic its caller names: never to a topic a letter's headers name (whoever wrote
+the letter would otherwise choose where the operator's credentials write).
 """
 
 from __future__ import annotations
 
+import builtins
+import dataclasses
 import re
 import time
 import uuid
@@ -17,11 +24,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kq._letter_view import JobSummary, summarize
+from kq._logs import RETRIES
 from kq._producer import Record, adapt_producer, raise_for
-from kq.retry import H_ATTEMPT, H_ERROR, H_FIRST, H_SOURCE, H_STATUS, H_TRACEBACK
+from kq.retry import (
+    H_ATTEMPT,
+    H_ERROR,
+    H_FIRST,
+    H_REQUEUED,
+    H_REQUEUED_TO,
+    H_SOURCE,
+    H_STATUS,
+    H_TRACEBACK,
+    INVALID,
+    UNDELIVERABLE,
+)
 from kq.schedule import dead_letter_topic
 from kq.serialization import loads
-from kq.signing import SIGNATURE_HEADER, Verifier
+from kq.signing import SIGNATURE_HEADER, Verifier, ttl_of, validity
 
 __all__ = ["DeadLetter", "DeadLetters"]
 
@@ -43,11 +62,14 @@ class DeadLetter:
     value: bytes
     """The job's record value exactly as first enqueued."""
     source_topic: str
-    """Where the job was when it failed (``""`` when ``kq-source`` is missing or malformed)."""
+    """Where the job was when it failed, as the letter claims (``""`` when ``kq-source`` is
+    missing or malformed); shown to operators, never used as a destination."""
     source_partition: int
     source_offset: int
     status: str
-    """The outcome of the last attempt: ``failure`` or ``timeout``."""
+    """The outcome of the last attempt: ``failure`` or ``timeout``; ``undeliverable`` for a
+    delayed job the forwarder could not deliver home; ``invalid`` for a message the
+    worker could not read as a job (a module it could not import, say)."""
     error: str
     traceback: str
     attempts: int | None
@@ -58,6 +80,10 @@ class DeadLetter:
     """Malformed headers, one text each; empty for a well-formed letter."""
     signature: str = "unchecked"
     """``valid``, ``unchecked`` (no ``signing_keys`` given) or why the signature is refused."""
+    requeued_to: str = ""
+    """Where the letter was last requeued (a marker in its partition says so); ``""``: never."""
+    requeued_ms: int | None = None
+    """When it was last requeued (epoch milliseconds)."""
 
     def describe(self) -> JobSummary:
         """The job's format, id and call read from its bytes as data (nothing is run)."""
@@ -76,7 +102,22 @@ class DeadLetter:
         return deserializer(self.value)
 
 
-_STATUSES = frozenset({"failure", "timeout"})
+_Marker = tuple[int, str, int]  # letter offset, destination, time
+
+
+def _marker(partition: int, headers: Any, timestamp: int) -> _Marker | None:
+    """The requeue a record marks in ``partition`` (a marker has no ``kq-status``), or None."""
+    h = {k: v for k, v in (headers or []) if v is not None}
+    raw = h.get(H_REQUEUED)
+    if raw is None or H_STATUS in h:
+        return None
+    part, _, offset = raw.partition(b":")
+    if not part.isdigit() or not offset.isdigit() or int(part) != partition or len(offset) > 19:
+        return None
+    return int(offset), h.get(H_REQUEUED_TO, b"").decode(errors="replace"), timestamp
+
+
+_STATUSES = frozenset({"failure", "timeout", UNDELIVERABLE, INVALID})
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
@@ -107,6 +148,8 @@ def _source(raw: bytes | None, problems: list[str]) -> tuple[str, int, int]:
     topic, _, offset = raw.rpartition(b"/")
     topic, _, partition = topic.rpartition(b"/")
     name = topic.decode(errors="replace")
+    if partition == offset == b"-" and _TOPIC_NAME.fullmatch(name):
+        return name, -1, -1  # the forwarder's letters: the job topic, no record of it
     if (
         not _TOPIC_NAME.fullmatch(name)
         or not partition.isdigit()
@@ -174,8 +217,10 @@ class DeadLetters:
     """The dead letters of one job topic: list, inspect and re-enqueue them.
 
     With ``signing_keys`` (the workers' secrets) each letter's signature is
-    checked for the job topic, and ``requeue`` refuses letters whose signature
-    is not valid.
+    checked for the job topic, ``requeue`` refuses letters whose signature is
+    not valid and signs what it sends with the first key (attempt 1, a new
+    expiry). Without them, a signed letter is refused: requeued unsigned (or
+    with its old signature, which no longer matches) the workers would refuse it.
     """
 
     def __init__(
@@ -189,6 +234,7 @@ class DeadLetters:
         signing_keys: bytes | str | Sequence[bytes | str] | None = None,
     ) -> None:
         self._verifier = None if signing_keys is None else Verifier(signing_keys)
+        self._signer = None if self._verifier is None else self._verifier.signer()
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.dead_topic = dead_letter_topic_name or dead_letter_topic(topic)
@@ -233,17 +279,28 @@ class DeadLetters:
                 return []
             consumer.assign(starts)
             out: list[DeadLetter] = []
+            marks: dict[tuple[int, int], tuple[str, int]] = {}
             deadline = time.monotonic() + timeout
-            while ends and len(out) < limit and time.monotonic() < deadline:
-                for m in consumer.consume(num_messages=min(500, limit - len(out)), timeout=0.5):
+            # Read to the end even past ``limit``: a letter's requeue marker comes after it.
+            while ends and time.monotonic() < deadline:
+                for m in consumer.consume(num_messages=500, timeout=0.5):
                     partition, offset = m.partition(), m.offset()
                     if m.error() is not None or partition not in ends or offset is None:
                         continue
                     value = m.value() or b""
-                    out.append(self._read(partition, offset, m.key(), value, m.headers()))
+                    mark = _marker(partition, m.headers(), m.timestamp()[1]) if not value else None
+                    if mark is not None:
+                        marks[(partition, mark[0])] = mark[1:]
+                    elif len(out) < limit:
+                        out.append(self._read(partition, offset, m.key(), value, m.headers()))
                     if offset + 1 >= ends[partition]:
                         del ends[partition]
-            return out[:limit]
+            return [
+                dataclasses.replace(x, requeued_to=done[0], requeued_ms=done[1])
+                if (done := marks.get((x.partition, x.offset))) is not None
+                else x
+                for x in out
+            ]
         finally:
             consumer.close()
 
@@ -252,15 +309,21 @@ class DeadLetters:
     ) -> DeadLetter:
         signature = "unchecked"
         if self._verifier is not None:
-            sig = next((v for k, v in headers or [] if k == SIGNATURE_HEADER), None)
-            signature = self._verifier.problem(self.topic, key, value, sig) or "valid"
+            found = {k: v for k, v in headers or [] if v is not None}
+            signature = self._verifier.problem(self.topic, key, value, found) or "valid"
         return _letter(partition, offset, key, value, headers, signature)
 
     def refusal(self, letter: DeadLetter) -> str:
-        """Why ``requeue`` refuses ``letter`` (malformed, or not validly signed), or ``""``."""
+        """Why ``requeue`` refuses ``letter`` (malformed, not validly signed, or signed while
+        no ``signing_keys`` were given to sign it again), or ``""``."""
         reasons = list(letter.problems)
         if self._verifier is not None and letter.signature != "valid":
             reasons.append(letter.signature)
+        if self._verifier is None and SIGNATURE_HEADER in letter.headers:
+            reasons.append(
+                "signed letter: give the workers' signing keys to sign it again (the workers"
+                " would refuse it with its old signature)"
+            )
         return "; ".join(reasons)
 
     def get(self, partition: int, offset: int, timeout: float = 10.0) -> DeadLetter:
@@ -270,33 +333,57 @@ class DeadLetters:
                 return letter
         raise LookupError(f"no dead letter at {self.dead_topic}/{partition}/{offset}")
 
-    def requeue(self, letter: DeadLetter, topic: str | None = None, *, force: bool = False) -> None:
-        """Send the job back (to its source topic, or ``topic``) for a fresh set of attempts.
+    def find(
+        self, topic: str, partition: int, offset: int, timeout: float = 10.0
+    ) -> builtins.list[DeadLetter]:
+        """The letters of the job that was at ``topic``/``partition``/``offset`` (its source).
 
-        Durable on return; raises ``kq.EnqueueError`` otherwise. A letter with
-        malformed headers, or one whose signature is not valid when
-        ``signing_keys`` were given, is refused with ``ValueError`` unless ``force``.
+        The position a worker logs (``Processing Message(topic=..., ...)``).
+        Reads the whole dead-letter topic; oldest first.
         """
+        return [
+            x
+            for x in self.list(limit=1_000_000, timeout=timeout)
+            if (x.source_topic, x.source_partition, x.source_offset) == (topic, partition, offset)
+        ]
+
+    def requeue(
+        self,
+        letter: DeadLetter,
+        topic: str | None = None,
+        *,
+        force: bool = False,
+        again: bool = False,
+    ) -> None:
+        """Send the job back (to this job topic, or ``topic``) for a fresh set of attempts.
+
+        Durable on return; raises ``kq.EnqueueError`` otherwise. A letter that
+        ``refusal`` names a reason for is refused with ``ValueError`` unless
+        ``force`` (a forced signed letter without ``signing_keys`` goes unsigned);
+        so is a letter already requeued (``letter.requeued_to``) unless ``again``.
+        Then a marker records the requeue in the letter's partition.
+        """
+        where = f"dead letter {self.dead_topic}/{letter.partition}/{letter.offset}"
         refusal = self.refusal(letter)
         if refusal and not force:
+            raise ValueError(f"{where} not requeued: {refusal}")
+        if letter.requeued_to and not again:
             raise ValueError(
-                f"dead letter {self.dead_topic}/{letter.partition}/{letter.offset}"
-                f" not requeued: {refusal}"
+                f"{where} was already requeued to {letter.requeued_to}; requeue it again"
+                " only on purpose (again=True, --again)"
             )
-        target = topic or letter.source_topic or self.topic
-        headers = tuple(
-            (k, v)
+        target = topic or self.topic
+        now = int(time.time() * 1000)
+        headers = {
+            k: v
             for k, v in letter.headers.items()
-            if k not in (H_ERROR, H_TRACEBACK, H_SOURCE, H_STATUS, H_ATTEMPT)
-        )
-        record = Record(
-            target,
-            letter.value,
-            letter.key,
-            None,
-            int(time.time() * 1000),
-            (*headers, (H_ATTEMPT, b"1")),
-        )
+            if k not in (H_ERROR, H_TRACEBACK, H_SOURCE, H_STATUS, H_ATTEMPT, SIGNATURE_HEADER)
+        }
+        headers[H_ATTEMPT] = b"1"
+        if self._signer is not None:
+            headers.update(validity(now, ttl_of(headers)))
+            headers = self._signer.seal(target, letter.key, letter.value, headers)
+        record = Record(target, letter.value, letter.key, None, now, tuple(headers.items()))
         if self._producer is None:
             from kq.clients import make_producer
 
@@ -304,3 +391,22 @@ class DeadLetters:
         error = self._producer.send_all([record], self._delivery_timeout)[0]
         if error is not None:
             raise_for(target, error)
+        marker = Record(
+            self.dead_topic,
+            b"",
+            letter.key,
+            letter.partition,
+            now,
+            ((H_REQUEUED, f"{letter.partition}:{letter.offset}".encode()),
+             (H_REQUEUED_TO, target.encode())),
+        )  # fmt: skip
+        error = self._producer.send_all([marker], self._delivery_timeout)[0]
+        if error is not None:
+            # The job is back in its topic (raising would invite a second requeue).
+            RETRIES.warning(
+                "%s was requeued to %s, but its requeue marker could not be written (%s):"
+                " it will still be listed as not requeued",
+                where,
+                target,
+                error,
+            )

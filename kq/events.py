@@ -18,6 +18,9 @@ class WorkerObserver(Protocol):
     def job_finished(self, status: str, seconds: float) -> None:
         """A message was processed: ``status`` as given to the callback; run time of the job."""
 
+    def job_unimportable(self, module: str) -> None:
+        """A message was invalid because its job names ``module``, which cannot be imported."""
+
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
         """Offsets were committed (asynchronously: handed to the client)."""
 

@@ -27,6 +27,7 @@ from typing import Any
 from kq._checks import fail_type, fail_value
 from kq._json_resolve import check_entry, is_allowed, resolve
 from kq.job import Job
+from kq.refs import FunctionRef
 
 __all__ = ["JsonJobLoader", "dumps"]
 
@@ -56,6 +57,8 @@ def _check_data(value: Any, path: str, depth: int = 0) -> Any:
 
 
 def _func_path(func: Any) -> str:
+    if isinstance(func, FunctionRef):
+        return func.path  # by name: the enqueuing side need not import it
     module = getattr(func, "__module__", None)
     qualname = getattr(func, "__qualname__", None)
     if not module or not qualname or "<" in qualname or module == "__main__":

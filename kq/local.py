@@ -22,7 +22,6 @@ the foreground until Ctrl-C.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import base64
 import contextlib
@@ -43,7 +42,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, MappingProxyType, TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
 from confluent_kafka import KafkaException
@@ -60,7 +59,6 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 from confluent_kafka.cimpl import NewTopic
 
-from kq._local_users import credentials_from_arguments
 from kq._private_files import PRIVATE_UMASK, append_private, private_dir, write_private
 from kq.schedule import delay_topic_prefix, forwarder_group
 
@@ -307,6 +305,16 @@ def _free_ports(count: int) -> list[int]:
         for sock in sockets:
             sock.bind(("127.0.0.1", 0))
         return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a TCP port on 127.0.0.1 can be listened on now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _admin(bootstrap: str, config: Mapping[str, Any] | None = None) -> AdminClient:
@@ -674,6 +682,7 @@ class LocalKafka:
         heap: str = "512m",
         broker_config: Mapping[str, str] | None = None,
         auth: LocalAuth | None = None,
+        port: int | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be at least 1, not {nodes}")
@@ -693,6 +702,7 @@ class LocalKafka:
         self._libs: Path | None = None
         self._cds: Path | None = None
         self._owner_pid = os.getpid()
+        self._port = port  # node 1's client port (None: any free port)
 
     def __repr__(self) -> str:
         where = self.bootstrap_servers if self._nodes else "not started"
@@ -864,7 +874,8 @@ class LocalKafka:
         ``READ``, ``WRITE`` (due retries come home) and ``DESCRIBE`` on the
         topic; ``READ``, ``WRITE``, ``DESCRIBE`` and ``CREATE`` on the prefix
         ``<topic>.kq-`` (delay tiers and dead letters); ``READ`` on the group
-        and on the delay forwarder's group ``<group>.kq-delay``.
+        and on the delay forwarders' group ``<topic>.kq-delay`` (shared by every
+        worker group of the topic).
         """
         self.grant(principal, ["READ", "WRITE", "DESCRIBE"], topic=topic, timeout=timeout)
         self.grant(
@@ -875,7 +886,7 @@ class LocalKafka:
             timeout=timeout,
         )
         self.grant(principal, "READ", group=group, timeout=timeout)
-        self.grant(principal, "READ", group=forwarder_group(group), timeout=timeout)
+        self.grant(principal, "READ", group=forwarder_group(topic), timeout=timeout)
 
     def grant_consumer(
         self,
@@ -1094,6 +1105,13 @@ class LocalKafka:
             if not self._root.exists():
                 private_dir(self._root)  # a folder the caller already had keeps its mode
         ports = _free_ports(2 * self._count)
+        if self._port is not None:
+            if not port_is_free(self._port):
+                raise LocalKafkaError(
+                    f"port {self._port} on 127.0.0.1 is in use (another Kafka?): stop it,"
+                    " or choose another port"
+                )
+            ports[0] = self._port
         for node_id in self.node_ids:
             # Private: server.properties holds the admin's password, the data
             # the users' SCRAM keys (a salted key lets its holder log in).
@@ -1430,80 +1448,26 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 # -- command line --------------------------------------------------------------
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a local Kafka in the foreground until Ctrl-C or SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="python -m kq.local", description="Run a local Apache Kafka until Ctrl-C."
-    )
-    parser.add_argument("--nodes", type=int, choices=(1, 3), default=1)
-    parser.add_argument("--version", default=KAFKA_VERSION, help="Kafka version (4.x)")
-    parser.add_argument("--workdir", help="keep the data here (default: a temporary folder)")
-    parser.add_argument(
-        "--auth",
-        action="store_true",
-        help="SASL/SCRAM logins and ACLs (admin 'admin'/'admin-secret' unless --admin)",
-    )
-    parser.add_argument(
-        "--users-file",
-        metavar="PATH",
-        default=os.environ.get("KQ_LOCAL_USERS_FILE") or None,
-        help="SCRAM users, one NAME=PASSWORD per line, in a file only you can read (chmod 600);"
-        " the line of the --admin name (default 'admin') is the super user; implies --auth"
-        " [env KQ_LOCAL_USERS_FILE]",
-    )
-    parser.add_argument(
-        "--admin",
-        metavar="NAME",
-        help="the super user, its password in --users-file (NAME=PASSWORD works but is visible"
-        " to other users); implies --auth",
-    )
-    parser.add_argument(
-        "--user",
-        metavar="NAME=PASSWORD",
-        action="append",
-        default=[],
-        help="a SCRAM user (repeatable; implies --auth); visible to every user of the machine:"
-        " prefer --users-file",
-    )
-    args = parser.parse_args(argv)
-    auth: LocalAuth | None = None
-    if args.auth or args.admin or args.user or args.users_file:
-        try:
-            admin, users = credentials_from_arguments(parser, args)
-            auth = LocalAuth(admin=admin, users=users)
-        except ValueError as exc:
-            parser.error(str(exc))
-    signal.signal(signal.SIGTERM, _interrupt)
-    kafka = LocalKafka(args.nodes, version=args.version, workdir=args.workdir, auth=auth)
+    """``python -m kq.local``: the same command as ``kq local-kafka`` (``-h`` for its options)."""
+    import click
+
+    from kq._cli_local import local_kafka
+
     try:
-        kafka.start()
-        print(f"bootstrap_servers={kafka.bootstrap_servers}", flush=True)
-        if auth is not None:
-            settings = kafka.client_config()
-            settings["sasl.password"] = "***"
-            print(
-                f"SASL/SCRAM on, ACLs enforced; users: {', '.join([auth.admin_name, *auth.users])}"
-                f" (super user: {auth.admin_name}); client settings: "
-                + " ".join(f"{key}={value}" for key, value in settings.items()),
-                flush=True,
-            )
-        while all(kafka.is_running(node_id) for node_id in kafka.node_ids):
-            time.sleep(0.5)
-        print("a Kafka node exited; its log:", file=sys.stderr)
-        stopped = next(i for i in kafka.node_ids if not kafka.is_running(i))
-        print(kafka.log_tail(stopped), file=sys.stderr)
+        code = local_kafka.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="python -m kq.local",
+            standalone_mode=False,
+        )
+    except click.exceptions.Abort:
         return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
     except KeyboardInterrupt:
         return 0
-    except LocalKafkaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        kafka.stop()
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

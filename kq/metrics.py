@@ -24,11 +24,17 @@ Metrics (labels ``topic`` and ``group`` on each):
 - ``kq_assigned_partitions``: partitions this worker owns;
 - ``kq_commits_total`` / ``kq_committed_offset{partition}``: offset commits;
 - ``kq_rebalances_total{event}``: ``assigned``, ``revoked``, ``lost``;
+- ``kq_unimportable_jobs_total{module}``: messages reported invalid because
+  their job names a module the worker cannot import (deploy skew);
 - ``kq_partitions_held``: partitions taking no new jobs because the retry or
   dead letter of one of their jobs cannot be written (delay topics
   unreachable); alert when it stays above 0;
 - ``kq_partitions_blocked``: partitions paused at the head-of-line limit
-  (``head_of_line_limit`` finished jobs wait behind one still running).
+  (``head_of_line_limit`` finished jobs wait behind one still running);
+- ``kq_delay_forwarder_up``: delay forwarders of the topic running in this
+  process (0 while one is down and waiting to be restarted);
+- ``kq_delay_forwarder_restarts``: how often they died and were restarted;
+- ``kq_delay_forwarded``: records they moved out of the delay tiers.
 
 Lag is reported per owned partition, so summing ``kq_partition_lag`` over
 every worker of a group gives the group's lag without double counting.
@@ -80,8 +86,12 @@ class _Families:
     commits: Counter
     committed: Gauge
     rebalances: Counter
+    unimportable: Counter
     held: Gauge
     blocked: Gauge
+    forwarder_up: Gauge
+    forwarder_restarts: Gauge
+    forwarded: Gauge
 
 
 _FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
@@ -134,6 +144,12 @@ def _families(registry: CollectorRegistry) -> _Families:
                 (*base, "event"),
                 registry=registry,
             ),
+            unimportable=Counter(
+                "kq_unimportable_jobs",
+                "Messages reported invalid because their job's module could not be imported",
+                (*base, "module"),
+                registry=registry,
+            ),
             held=Gauge(
                 "kq_partitions_held",
                 "Partitions taking no new jobs while a retry or dead-letter write fails",
@@ -144,6 +160,24 @@ def _families(registry: CollectorRegistry) -> _Families:
                 "kq_partitions_blocked",
                 "Partitions paused because head_of_line_limit finished jobs wait behind an"
                 " unfinished one",
+                base,
+                registry=registry,
+            ),
+            forwarder_up=Gauge(
+                "kq_delay_forwarder_up",
+                "Delay forwarders of the topic running in this process",
+                base,
+                registry=registry,
+            ),
+            forwarder_restarts=Gauge(
+                "kq_delay_forwarder_restarts",
+                "Times the delay forwarders of the topic in this process died and were restarted",
+                base,
+                registry=registry,
+            ),
+            forwarded=Gauge(
+                "kq_delay_forwarded",
+                "Records moved out of the delay tiers by this process's forwarders",
                 base,
                 registry=registry,
             ),
@@ -176,6 +210,7 @@ class PrometheusObserver:
         self._m.commits.labels(*self._labels)
         for event in ("assigned", "revoked", "lost"):
             self._m.rebalances.labels(*self._labels, event)
+        self._watch_forwarders()
 
     # -- WorkerObserver ------------------------------------------------------
 
@@ -184,6 +219,10 @@ class PrometheusObserver:
         self._m.jobs.labels(*self._labels, status).inc()
         if status != "invalid":
             self._m.duration.labels(*self._labels, status).observe(seconds)
+
+    def job_unimportable(self, module: str) -> None:
+        """Count a message whose job names a module the worker cannot import."""
+        self._m.unimportable.labels(*self._labels, module).inc()
 
     def committed(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Count a commit and remember the offsets."""
@@ -232,6 +271,24 @@ class PrometheusObserver:
             return 0.0 if watched is None else float(watched.in_flight)
 
         self._m.in_flight.labels(*self._labels).set_function(in_flight)
+
+    def _watch_forwarders(self) -> None:
+        from kq._forwarder import forwarders
+
+        topic = self.topic
+
+        def up() -> float:
+            return float(sum(1 for f in forwarders(topic) if f.state == "running"))
+
+        def restarts() -> float:
+            return float(sum(f.restarts for f in forwarders(topic)))
+
+        def forwarded() -> float:
+            return float(sum(f.forwarded for f in forwarders(topic)))
+
+        self._m.forwarder_up.labels(*self._labels).set_function(up)
+        self._m.forwarder_restarts.labels(*self._labels).set_function(restarts)
+        self._m.forwarded.labels(*self._labels).set_function(forwarded)
 
     def set_lag(self, lags: Mapping[int, int]) -> None:
         """Publish lag per partition (only partitions still owned)."""

@@ -12,6 +12,8 @@ from typing import Any
 
 import dill
 
+from kq._admin import check_reachable
+from kq._calls import SafeRepr
 from kq._checks import (
     check_bytes_or_none,
     check_callable_or_none,
@@ -26,13 +28,20 @@ from kq._checks import (
 from kq._logs import PRODUCER
 from kq._producer import Outgoing, ProducerAdapter, adapt_producer, raise_for
 from kq.clients import ClientName, login_settings, make_producer
-from kq.errors import BatchEnqueueError, EnqueueError
+from kq.errors import BatchEnqueueError, ClusterError, EnqueueError
 from kq.job import Job
 from kq.retry import RetryPolicy, encode_headers
-from kq.schedule import delay_topics, delayed_record, ensure_topics
+from kq.schedule import (
+    check_fits,
+    check_wait,
+    delay_topics,
+    delayed_record,
+    ensure_topics,
+    topic_limit,
+)
 from kq.serialization import dumps as fast_dumps
 from kq.serialization import loads as fast_loads
-from kq.signing import SIGNATURE_HEADER, Signer
+from kq.signing import DEFAULT_EXPIRES, Signer, check_expires
 
 _new_job = object.__new__
 
@@ -59,7 +68,7 @@ def _too_large(error: BaseException) -> bool:
 class EnqueueSpec:
     """Enqueues with defaults (timeout, key, partition) that a Job's own fields override."""
 
-    __slots__ = ("_delay", "_eta", "_key", "_partition", "_queue", "_retry", "_timeout")
+    __slots__ = ("_delay", "_eta", "_expires", "_key", "_partition", "_queue", "_retry", "_timeout")
 
     def __init__(
         self,
@@ -70,6 +79,7 @@ class EnqueueSpec:
         retry: RetryPolicy | None = None,
         delay: int | float | None = None,
         eta: datetime.datetime | float | None = None,
+        expires: float | None = None,
     ) -> None:
         if not is_number(timeout):
             fail_type("timeout must be an int or float")
@@ -78,19 +88,11 @@ class EnqueueSpec:
         check_int_or_none(partition, "partition must be an int")
         if retry is not None and not isinstance(retry, RetryPolicy):
             fail_type("retry must be a kq.RetryPolicy")
-        if delay is not None:
-            if not is_number(delay):
-                fail_type("delay must be an int or float (seconds)")
-            if delay < 0:
-                fail_value("delay must be 0 or greater")
-        if eta is not None:
-            if delay is not None:
-                fail_value("give delay or eta, not both")
-            if isinstance(eta, datetime.datetime):
-                if eta.tzinfo is None:
-                    fail_value("eta must be a timezone-aware datetime")
-            elif not is_number(eta):
-                fail_type("eta must be a datetime or a Unix time in seconds")
+        check_wait(delay, eta)
+        if expires is not None:
+            check_expires(expires)
+            if queue._signer is None:
+                fail_value("expires applies to signed jobs: give the Queue a signing_key")
         self._queue = queue
         self._timeout = timeout
         self._key = key
@@ -98,6 +100,7 @@ class EnqueueSpec:
         self._retry = retry
         self._delay = delay
         self._eta = eta
+        self._expires = queue._expires if expires is None else expires
 
     def _build(self, obj: Callable[..., Any] | Job, args: Any, kwargs: dict[str, Any]) -> Job:
         timestamp = int(time.time() * 1000)
@@ -160,7 +163,9 @@ class EnqueueSpec:
 
     def _record(self, job: Job) -> Outgoing:
         queue = self._queue
-        queue._logger.info("Enqueueing %s ...", job)
+        if queue._logger.isEnabledFor(logging.INFO):
+            # KQ's line; a job whose repr() raises is enqueued all the same
+            queue._logger.info("Enqueueing %s ...", SafeRepr(job))
         try:
             value = queue._encode(job)
         except Exception as exc:
@@ -173,11 +178,23 @@ class EnqueueSpec:
         due = self._due_ms(timestamp)
         headers = encode_headers(1, timestamp, retry) if retry or due else ()
         if signer is not None:
-            headers += ((SIGNATURE_HEADER, signer.sign(queue._topic, job.key, value)),)
+            headers = signer.sign_job(
+                queue._topic,
+                job.key,
+                value,
+                headers,
+                job_id=str(job.id),
+                enqueued_ms=timestamp,
+                due_ms=due,
+                expires=self._expires,
+            )
         if due is None or due <= timestamp:
             return (queue._topic, value, job.key, job.partition, timestamp, headers)
         queue._ensure_delay_topics()
-        return delayed_record(queue._topic, value, job.key, dict(headers), due, timestamp)
+        check_fits(queue._topic, queue._home_limit, job.key, value, headers)
+        return delayed_record(
+            queue._topic, value, job.key, dict(headers), due, timestamp, job.partition
+        )
 
     def enqueue(self, func: Callable[..., Any] | Job, *args: Any, **kwargs: Any) -> Job:
         """Send a call (or a Job) to the topic; return the Job once the broker acknowledged it.
@@ -362,14 +379,21 @@ class Queue:
         retry: RetryPolicy | None = None,
         admin_config: dict[str, Any] | None = None,
         signing_key: bytes | str | None = None,
+        expires: float | None = None,
     ) -> None:
         check_str(topic, "topic must be a str")
         self._signer = None if signing_key is None else Signer(signing_key)
+        if expires is not None:
+            check_expires(expires)
+            if self._signer is None:
+                fail_value("expires applies to signed jobs: give a signing_key")
+        self._expires = DEFAULT_EXPIRES if expires is None else expires
         if retry is not None and not isinstance(retry, RetryPolicy):
             fail_type("retry must be a kq.RetryPolicy")
         self._retry = retry
         self._admin_config = dict(admin_config or {})
         self._delay_topics_ready = False
+        self._home_limit: int | None = None
         self._adapter: ProducerAdapter = adapt_producer(producer)
         check_callable_or_none(serializer, "serializer must be a callable")
         check_timeout(timeout)
@@ -475,17 +499,27 @@ class Queue:
         retry: RetryPolicy | None = None,
         delay: int | float | None = None,
         eta: datetime.datetime | float | None = None,
+        expires: float | None = None,
     ) -> EnqueueSpec:
         """Return an object whose ``enqueue`` uses these defaults (a Job's own fields win).
 
         ``retry`` overrides the queue's retry policy for these jobs. ``delay``
         (seconds from now) or ``eta`` (an aware datetime, or Unix seconds)
         makes the jobs wait in the topic's delay tiers until they are due.
+        ``expires`` (seconds, signed jobs only) overrides how long after they
+        are due the jobs stay valid (``kq.signing``).
         """
         if timeout is not None and not is_number(timeout):
             fail_type("timeout must be an int or float")
         return EnqueueSpec(
-            self, timeout or self._timeout, key, partition, retry=retry, delay=delay, eta=eta
+            self,
+            timeout or self._timeout,
+            key,
+            partition,
+            retry=retry,
+            delay=delay,
+            eta=eta,
+            expires=expires,
         )
 
     @property
@@ -502,6 +536,7 @@ class Queue:
             )
         except Exception as exc:
             raise EnqueueError(self._topic, f"cannot create its delay topics: {exc}", exc) from exc
+        self._home_limit = topic_limit(self._adapter.hosts, self._topic, self._admin_config)
         self._delay_topics_ready = True
 
 
@@ -512,9 +547,19 @@ def connect_queue(
     client: ClientName = "confluent",
     delivery_timeout: float = 30.0,
     producer_config: dict[str, Any] | None = None,
+    connect_timeout: float = 10.0,
     **queue_options: Any,
 ) -> Queue:
-    """A ready Queue from a bootstrap address, with a durable producer made by kq."""
+    """A ready Queue from a bootstrap address, with a durable producer made by kq.
+
+    The cluster must answer within ``connect_timeout`` (at most
+    ``delivery_timeout``) seconds, or ``kq.EnqueueError`` names the address.
+    """
+    login = login_settings(producer_config, client)
+    try:
+        check_reachable(bootstrap_servers, login, min(connect_timeout, delivery_timeout))
+    except ClusterError as exc:
+        raise EnqueueError(topic, str(exc), exc) from exc
     try:
         producer = make_producer(
             bootstrap_servers,
@@ -528,7 +573,7 @@ def connect_queue(
         raise EnqueueError(topic, f"cannot connect a producer: {exc!r}", exc) from exc
     # Creating the delay-tier topics logs in as the producer does.
     queue_options["admin_config"] = {
-        **login_settings(producer_config, client),
+        **login,
         **(queue_options.get("admin_config") or {}),
     }
     return Queue(topic, producer, delivery_timeout=delivery_timeout, **queue_options)

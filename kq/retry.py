@@ -2,35 +2,77 @@
 
 A job's retry state rides in headers of its Kafka record, never in the pickled
 job, so a retried or dead-lettered job is byte for byte the job that was
-enqueued and KQ 2.2.1 workers (which ignore headers) still read it:
+enqueued and KQ 2.2.1 workers (which ignore headers) still read it. kq's whole
+header vocabulary is defined here (``H_*``):
 
 - ``kq-attempt``: this delivery's attempt number, 1 for the first;
 - ``kq-first``: milliseconds since the epoch of the first enqueue;
 - ``kq-retry``: the job's retry policy as JSON (absent: no retries);
-- ``kq-due`` / ``kq-topic``: on delay topics, when and where the job is due.
+- ``kq-group``: on a retry (and a dead letter), the consumer group whose attempt
+  failed: only that group runs the retry, workers of other groups on the same
+  topic commit it without running it (a fresh job has none: every group runs it);
+- on delay-tier records only: ``kq-due`` (when the job is due, ms on the
+  writer's clock), ``kq-written`` (the writer's clock when it wrote the record),
+  ``kq-topic`` (the home topic) and ``kq-partition`` (the home partition, if the
+  job had one); the forwarder removes them when the job goes home;
+- on dead letters: ``kq-status``, ``kq-error``, ``kq-traceback``, ``kq-source``;
+- on signed jobs (``kq.signing``): ``kq-id`` (the job's id), ``kq-expires`` (ms
+  since the epoch after which no worker runs it), ``kq-ttl`` (how long, in ms,
+  a signed job stays valid after it is due: a retry or a requeue is valid that
+  long after its own due time) and ``kq-sig`` (the signature).
+
+A bad ``kq-attempt``/``kq-first``/``kq-retry`` header is a ``ValueError``
+here; a worker then logs it on ``kq.retries`` and runs the job as a first
+attempt under its own default policy. A worker with ``signing_keys`` reads
+none of them before the record's size and signature are checked.
 """
 
 from __future__ import annotations
 
 import contextvars
 import json
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kq._checks import fail_type, fail_value, is_number
 
-__all__ = ["Attempt", "RetryPolicy", "current_attempt"]
+__all__ = ["MAX_ATTEMPTS", "MAX_DELAY", "Attempt", "RetryPolicy", "current_attempt"]
 
 H_ATTEMPT = "kq-attempt"
 H_FIRST = "kq-first"
 H_RETRY = "kq-retry"
+H_GROUP = "kq-group"
 H_DUE = "kq-due"
+H_WRITTEN = "kq-written"
 H_TOPIC = "kq-topic"
+H_PARTITION = "kq-partition"
 H_ERROR = "kq-error"
 H_TRACEBACK = "kq-traceback"
 H_SOURCE = "kq-source"
 H_STATUS = "kq-status"
+H_ID = "kq-id"
+H_EXPIRES = "kq-expires"
+H_TTL = "kq-ttl"
+#: On a requeue marker in a dead-letter topic: the ``PARTITION:OFFSET`` of the letter
+#: requeued, and where it went (a marker has an empty value and no ``kq-status``).
+H_REQUEUED = "kq-requeued"
+H_REQUEUED_TO = "kq-requeued-to"
+
+#: Headers that only delay-tier records carry; removed when a job goes home.
+TIER_HEADERS = frozenset({H_DUE, H_WRITTEN, H_TOPIC, H_PARTITION})
+
+#: The ``kq-status`` of a dead letter the forwarder could never deliver home.
+UNDELIVERABLE = "undeliverable"
+#: ``kq-status`` of a message that is not a runnable job (kept by ``Worker(keep_invalid=...)``).
+INVALID = "invalid"
+
+MAX_ATTEMPTS = 10_000
+"""The largest ``max_attempts`` a policy may have."""
+
+MAX_DELAY = 365 * 86_400
+"""The longest wait in seconds kq schedules: a ``delay``/``eta`` or a retry's backoff."""
 
 _RETRYABLE = frozenset({"failure", "timeout"})
 
@@ -39,12 +81,14 @@ _RETRYABLE = frozenset({"failure", "timeout"})
 class RetryPolicy:
     """How often and when a failed job runs again.
 
-    ``max_attempts`` counts every run, the first included (1 = never retry).
-    Attempt *n* failing waits ``backoff * factor ** (n - 1)`` seconds, at most
-    ``max_backoff``, scattered by ±``jitter`` (a fraction) so that jobs that
-    failed together do not all come back together. ``retry_on`` names the
-    outcomes retried: ``"failure"`` (default) and ``"timeout"``; an
-    ``invalid`` message is never retried, since it would never get better.
+    ``max_attempts`` counts every run, the first included (1 = never retry;
+    at most ``MAX_ATTEMPTS``). Attempt *n* failing waits
+    ``backoff * factor ** (n - 1)`` seconds, at most ``max_backoff`` (itself at
+    most ``MAX_DELAY``), scattered by ±``jitter`` (a fraction) so that jobs that
+    failed together do not all come back together. Every number must be
+    finite. ``retry_on`` names the outcomes retried: ``"failure"`` (default)
+    and ``"timeout"``; an ``invalid`` message is never retried, since it would
+    never get better.
     """
 
     max_attempts: int = 3
@@ -57,18 +101,23 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if not isinstance(self.max_attempts, int) or isinstance(self.max_attempts, bool):
             fail_type("max_attempts must be an int")
-        if self.max_attempts < 1:
-            fail_value("max_attempts must be 1 or greater")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            fail_value(f"max_attempts must be between 1 and {MAX_ATTEMPTS}")
         for name in ("backoff", "factor", "max_backoff", "jitter"):
             value = getattr(self, name)
             if not is_number(value):
                 fail_type(f"{name} must be an int or float")
+            if isinstance(value, float) and not math.isfinite(value):  # NaN passes every check
+                fail_value(f"{name} must be a finite number, not {value!r}")
             if value < 0:
                 fail_value(f"{name} must be 0 or greater")
         if self.factor < 1:
             fail_value("factor must be 1 or greater")
         if self.jitter > 1:
             fail_value("jitter must be between 0 and 1")
+        for name in ("backoff", "max_backoff"):
+            if getattr(self, name) > MAX_DELAY:
+                fail_value(f"{name} must be at most {MAX_DELAY} seconds (kq.retry.MAX_DELAY)")
         retry_on = self.retry_on
         if isinstance(retry_on, str) or not all(isinstance(s, str) for s in retry_on):
             fail_type("retry_on must be a collection of outcome names")
@@ -81,8 +130,17 @@ class RetryPolicy:
         object.__setattr__(self, "retry_on", frozenset(retry_on))
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait after attempt number ``attempt`` failed."""
-        base = min(self.backoff * self.factor ** (attempt - 1), self.max_backoff)
+        """Seconds to wait after attempt number ``attempt`` failed (never above ``max_backoff``
+        plus its jitter, whatever ``attempt``)."""
+        base = float(min(self.backoff, self.max_backoff))
+        steps = attempt - 1
+        if steps > 0 and self.factor > 1 and 0 < base < self.max_backoff:
+            # Compared in logarithms: factor ** steps alone overflows a float
+            # (2.0 ** 1024) long before the cap is reached.
+            if steps * math.log(self.factor) >= math.log(self.max_backoff / base):
+                base = float(self.max_backoff)
+            else:
+                base = min(base * self.factor**steps, self.max_backoff)
         if self.jitter:
             base *= 1 + random.uniform(-self.jitter, self.jitter)
         return max(base, 0.0)
@@ -107,18 +165,28 @@ class RetryPolicy:
 
     @classmethod
     def from_header(cls, data: bytes) -> RetryPolicy:
-        """Read a ``kq-retry`` header; ``ValueError`` names what is wrong."""
+        """Read a ``kq-retry`` header; any problem is a ``ValueError`` naming it.
+
+        The header is checked as strictly as the constructor's arguments: JSON's
+        ``NaN``/``Infinity``, a non-integral ``max_attempts`` or a value out of
+        range are refused, never coerced.
+        """
         try:
             raw = json.loads(data)
+            if not isinstance(raw, dict):
+                raise TypeError("not a JSON object")
+            retry_on = raw["retry_on"]
+            if not isinstance(retry_on, list):
+                raise TypeError("retry_on must be a list")
             return cls(
-                max_attempts=int(raw["max_attempts"]),
-                backoff=float(raw["backoff"]),
-                factor=float(raw["factor"]),
-                max_backoff=float(raw["max_backoff"]),
-                jitter=float(raw["jitter"]),
-                retry_on=frozenset(raw["retry_on"]),
+                max_attempts=raw["max_attempts"],
+                backoff=raw["backoff"],
+                factor=raw["factor"],
+                max_backoff=raw["max_backoff"],
+                jitter=raw["jitter"],
+                retry_on=frozenset(retry_on),
             )
-        except (ValueError, TypeError, KeyError) as exc:
+        except Exception as exc:  # whatever a hostile header makes json or the checks raise
             raise ValueError(f"bad kq-retry header {data[:200]!r}: {exc}") from exc
 
 
@@ -145,12 +213,23 @@ class Attempt:
     @classmethod
     def from_headers(cls, headers: Mapping[str, bytes], default: RetryPolicy | None) -> Attempt:
         """The attempt of a delivered message; bad headers raise ``ValueError``."""
-        number = int(headers[H_ATTEMPT]) if H_ATTEMPT in headers else 1
-        if number < 1:
+        number = _header_int(headers, H_ATTEMPT, 1)
+        if number is None or number < 1:
             raise ValueError(f"bad kq-attempt header {headers[H_ATTEMPT]!r}")
-        first = int(headers[H_FIRST]) if H_FIRST in headers else None
+        first = _header_int(headers, H_FIRST, None)
         policy = RetryPolicy.from_header(headers[H_RETRY]) if H_RETRY in headers else default
         return cls(number, first, policy)
+
+
+def _header_int(headers: Mapping[str, bytes], name: str, default: int | None) -> int | None:
+    """An integer header; ``ValueError`` naming it if it is not one."""
+    raw = headers.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"bad {name} header {bytes(raw)[:40]!r}") from exc
 
 
 _CURRENT: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar(

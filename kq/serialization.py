@@ -24,6 +24,7 @@ __all__ = ["dumps", "loads"]
 
 _PROTOCOL: int = dill.settings["protocol"]
 _MAIN = b"__main__"
+_REF, _REF_MODULE = b"_resolve", b"kq.refs"
 
 
 def dumps(obj: Any) -> bytes:
@@ -38,6 +39,13 @@ def dumps(obj: Any) -> bytes:
     # that merely contains "__main__" also lands here, which is only slower.
     if _MAIN in data:
         return bytes(dill.dumps(obj))
+    if _REF in data and _REF_MODULE in data:
+        # A FunctionRef (pickled as a call that resolves it): write the
+        # reference to the function it names instead, the bytes the function
+        # itself would give, so any worker reads it as an ordinary job.
+        from kq.refs import dumps_with_refs
+
+        return dumps_with_refs(obj, _PROTOCOL)
     return data
 
 

@@ -12,14 +12,18 @@ in ``KQ_WORKER_INDEX``), and then
   ``SupervisorError`` (``kq worker`` exits with 1);
 - with ``watch`` (``kq worker --reload``), restarts every child gracefully
   when ``watch()`` reports a changed file (development);
-- on SIGTERM or SIGINT sends SIGTERM to every child (a graceful stop: running
-  jobs finish, offsets are committed, the group is left), waits for them and
-  returns; a second signal is forwarded too, which stops the children at once.
+- on SIGTERM, SIGINT or SIGHUP (a closed terminal) sends SIGTERM to every
+  child (a graceful stop: running jobs finish, offsets are committed, the
+  group is left), waits for them and returns; a second signal is forwarded
+  too, which stops the children at once.
 
-Children run in a session of their own, so a Ctrl-C in a terminal reaches only
-the supervisor (which forwards it once). They stop gracefully by themselves
-when the supervisor disappears, even after a SIGKILL of the supervisor: they
-watch their stdin, a pipe only the supervisor holds open.
+Children run in a session (and process group) of their own, so a Ctrl-C in a
+terminal reaches only the supervisor (which forwards it once). When a child
+ends, for whatever reason, what is left of its process group (a timed job's
+process, or anything a job started there) is SIGKILLed: nothing outlives the
+worker that started it. Children stop gracefully by themselves when the
+supervisor disappears, even after a SIGKILL of the supervisor: they watch their
+stdin, a pipe only the supervisor holds open.
 """
 
 from __future__ import annotations
@@ -41,10 +45,10 @@ from kq.errors import KQError
 __all__ = ["Supervisor", "SupervisorError"]
 
 _LOG = logging.getLogger("kq.supervisor")
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _TICK = 0.1
 # Exit codes of a child that mean "stopped as asked" during a shutdown.
-_STOPPED = (0, 130, -signal.SIGTERM, -signal.SIGINT)
+_STOPPED = (0, 130, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)
 
 
 class SupervisorError(KQError):
@@ -71,6 +75,14 @@ def _describe(code: int) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of an ended child's process group (its timed jobs, say)."""
+    # The child led the group (start_new_session): its id is the group's, and
+    # Linux does not reuse it while any member of the group lives.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class Supervisor:
@@ -201,6 +213,7 @@ class Supervisor:
     def _exited(self, child: _Child, code: int, now: float) -> None:
         proc, child.proc = child.proc, None
         assert proc is not None
+        _kill_group(proc.pid)
         if proc.stdin is not None:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
@@ -268,6 +281,7 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
+            _kill_group(proc.pid)
             if proc.stdin is not None:
                 with contextlib.suppress(OSError):
                     proc.stdin.close()

@@ -13,6 +13,7 @@ from typing import Any
 import dill
 
 from kq import _signals
+from kq._admin import check_reachable
 from kq._checks import (
     check_callable_or_none,
     check_logger,
@@ -60,6 +61,9 @@ class Worker:
     ``head_of_line_limit`` pauses a partition once that many of its jobs
     finished behind one still running; ``exact_resume`` records those in the
     commit, so a worker taking the partition over does not run them again.
+    ``keep_invalid`` writes messages that are not runnable jobs (a function
+    the worker cannot import, say) to the dead-letter topic before they are
+    committed; by default when ``retry`` or ``dead_letter_topic`` is set.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class Worker:
         max_message_bytes: int | None = None,
         head_of_line_limit: int = 10_000,
         exact_resume: bool = True,
+        keep_invalid: bool | None = None,
     ) -> None:
         check_str(topic, "topic must be a str")
         check_logger(logger)
@@ -111,8 +116,24 @@ class Worker:
         self._topic = topic
         self._callback = callback
         self._observer = observer
+        verifier = None if signing_keys is None else Verifier(signing_keys)
+        # what the worker writes (retries, dead letters) it signs with its first key
         self._router = RetryRouter(
-            topic, retry, dead_letter_topic, bool(scheduling), scheduler_config
+            topic,
+            retry,
+            dead_letter_topic,
+            bool(scheduling),
+            scheduler_config,
+            None if verifier is None else verifier.signer(),
+            # Invalid messages (an import that fails: deploy skew) are kept as
+            # dead letters whenever the worker has retries or a dead-letter
+            # topic; with KQ's plain settings only if asked (no new topic, no
+            # new rights needed for a KQ deployment).
+            keep_invalid=(
+                bool(keep_invalid)
+                if keep_invalid is not None
+                else (retry is not None or dead_letter_topic is not None)
+            ),
         )
         self._deserializer: Callable[[bytes], Any] = deserializer or dill.loads
         self._concurrency = concurrency
@@ -146,7 +167,7 @@ class Worker:
             # KQ's default, dill.loads, is served by kq.serialization.loads: the
             # same objects, plain pickle first (twice as fast), dill where needed.
             decode=fast_loads if self._deserializer is dill.loads else self._deserializer,
-            verifier=None if signing_keys is None else Verifier(signing_keys),
+            verifier=verifier,
             max_bytes=max_message_bytes,
             abort=self._abort,
             loop=self._loop_thread,
@@ -164,9 +185,15 @@ class Worker:
         *,
         client: ClientName = "confluent",
         consumer_config: dict[str, Any] | None = None,
+        connect_timeout: float = 10.0,
         **options: Any,
     ) -> Worker:
-        """A ready Worker from a bootstrap address, with a consumer configured by kq."""
+        """A ready Worker from a bootstrap address, with a consumer configured by kq.
+
+        The cluster must answer within ``connect_timeout`` seconds, or
+        ``kq.ClusterError`` names the address.
+        """
+        check_reachable(bootstrap_servers, login_settings(consumer_config, client), connect_timeout)
         consumer = make_consumer(bootstrap_servers, group, client=client, **(consumer_config or {}))
         # The worker's retry and delay-tier clients log in as its consumer does.
         options["scheduler_config"] = {

@@ -31,6 +31,10 @@ SCENARIOS = {
     "8": "enqueue while the whole cluster is down, then after it returns",
     "9": "worker SIGKILLed while retries and delayed jobs wait in the delay tiers; "
     "a replacement starts",
+    "10": "the delay forwarder's sends home fail for 8 s for a third of the delayed jobs "
+    "and retries, between sends that succeed",
+    "11": "two consumer groups on one topic: plain, delayed and retried jobs "
+    "(counted per job and group)",
 }
 LINE = re.compile(
     r"FAULT (?P<scenario>\S+): enqueued=(?P<enqueued>\d+) executed=(?P<executed>\d+) "

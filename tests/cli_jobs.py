@@ -41,3 +41,42 @@ def outcomes(path: str) -> list[str]:
 
 # Worker options for `kq worker --app cli_jobs:WORKER_OPTIONS`.
 WORKER_OPTIONS = {"callback": on_outcome, "max_in_flight": 5}
+
+
+def note_and_sleep(path: str, seconds: float) -> int:
+    """Append ``<pid> <parent pid>`` to ``path``; sleep ``seconds`` on the first run only."""
+    first = not os.path.exists(path)
+    _append(path, f"{os.getpid()} {os.getppid()}")
+    if first:
+        import time
+
+        time.sleep(seconds)
+    return os.getpid()
+
+
+def noted(path: str) -> list[tuple[int, int]]:
+    """The (pid, parent pid) lines ``note_and_sleep`` wrote."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [(int(a), int(b)) for a, b in (line.split() for line in f if line.strip())]
+
+
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def spawn_and_wait(path: str, seconds: float) -> int:
+    """Start ``sleep seconds`` and wait for it (first run only); note ``<its pid> <our pid>``."""
+    import subprocess
+
+    if os.path.exists(path):
+        return 0
+    child = subprocess.Popen(["sleep", str(seconds)])
+    _append(path, f"{child.pid} {os.getpid()}")
+    return child.wait()

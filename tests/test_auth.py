@@ -456,31 +456,21 @@ def test_producer_without_valid_credentials_cannot_enqueue(
     # connect bootstraps for up to delivery_timeout.)
     assert max(steps.values()) < delivery_timeout + SLACK, steps
     assert end_offset(secure_kafka, topic) == 0
-    if login == "wrong-password":
-        # The client itself says why (librdkafka's log, kafka-python's logger).
-        # (kafka-python may give up bootstrapping before it logs the reason)
-        text = caplog.text.lower()
-        assert "authentication failed" in text or (
-            client == "kafka-python" and "unable to bootstrap" in text
-        ), text[-2000:]
-
     error = caught.value
     assert isinstance(error, EnqueueError), repr(error)
     assert error.topic == topic
-    if client == "kafka-python" and queue is None:
-        # kafka-python's KafkaProducer bootstraps in its constructor:
-        # Queue.connect itself raises, naming the topic and the cause.
-        assert "cannot connect a producer" in str(error)
-        assert "Unable to bootstrap" in str(error)
-        return
-    # librdkafka keeps retrying the login, so the record times out (kq's
-    # deadline or librdkafka's message.timeout.ms, whichever fires first);
-    # the EnqueueError says so, and with confluent-kafka also why.
-    assert "not acknowledged within" in str(error) or "_MSG_TIMED_OUT" in str(error), str(error)
-    if client == "confluent":
-        assert "client error:" in str(error), str(error)
-        if login == "wrong-password":
-            assert "authentication failed" in str(error).lower(), str(error)
+    # Queue.connect checks that the cluster answers before it returns: a
+    # refused login is one error there, naming the address and the client's
+    # reason, whichever client the queue uses.
+    assert queue is None
+    assert f"no Kafka broker answered at {secure_kafka.bootstrap_servers}" in str(error)
+    if login == "wrong-password":
+        assert "authentication failed" in str(error).lower(), str(error)
+    else:
+        # The broker drops a client that does not log in; if it had not done so
+        # by the deadline (a loaded machine), librdkafka's own words are all there is.
+        text = str(error).lower()
+        assert "disconnected" in text or "broker transport failure" in text, str(error)
 
 
 @pytest.mark.parametrize("client", CLIENTS)

@@ -246,6 +246,72 @@ def test_supervisor_gives_up_when_children_keep_crashing(
     assert "Traceback" not in supervisor.err()
 
 
+def test_supervisor_stops_gracefully_on_sighup(
+    bootstrap: str, topic: str, procs: Processes
+) -> None:
+    """A closed terminal (SIGHUP) stops the workers as SIGTERM does; it killed the
+    supervisor at once."""
+    supervisor = _worker(procs, bootstrap, topic, group_name(), "--processes", "2")
+    for index in (0, 1):
+        pid = int(supervisor.wait_for(rf"Worker {index} started \(pid (\d+)\)").group(1))
+        supervisor.wait_for(rf"\[{pid}\] kq.worker: Starting Worker")
+    supervisor.signal(signal.SIGHUP)
+    assert supervisor.wait() == 0, supervisor.err()[-3000:]
+    log = supervisor.err()
+    assert "Stopping 2 workers gracefully" in log
+    for pid in supervisor.child_pids():
+        assert f"(pid {pid}) exited with code 0" in log
+
+
+def test_worker_stops_gracefully_on_sighup(bootstrap: str, topic: str, procs: Processes) -> None:
+    worker = _worker(procs, bootstrap, topic, group_name())
+    worker.wait_for(r"kq.worker: Starting Worker")
+    worker.signal(signal.SIGHUP)
+    assert worker.wait() == 0, worker.err()[-3000:]
+
+
+def test_supervisor_worker_sigkilled_takes_its_timed_job_process_with_it(
+    bootstrap: str, make_topic: Any, tmp_path: Path, procs: Processes
+) -> None:
+    """A worker child SIGKILLed while its timed job runs: the job's process dies with it
+    instead of running on past its timeout beside the rerun."""
+    from cli_jobs import note_and_sleep, noted, process_gone
+
+    topic = make_topic(partitions=2)
+    notes = str(tmp_path / "pids")
+    supervisor = _worker(procs, bootstrap, topic, group_name(), "--processes", "2")
+    for index in (0, 1):
+        pid = int(supervisor.wait_for(rf"Worker {index} started \(pid (\d+)\)").group(1))
+        supervisor.wait_for(rf"\[{pid}\] kq.worker: Starting Worker")
+    Queue.connect(bootstrap, topic).using(timeout=120).enqueue(note_and_sleep, notes, 100)
+    [(job_pid, worker_pid)] = wait_until(lambda: noted(notes), "the timed job to start")
+    assert worker_pid in supervisor.child_pids()
+    os.kill(worker_pid, signal.SIGKILL)  # a child of a process this test started, by pid
+    wait_until(lambda: process_gone(job_pid), "the job process to end with its worker", 20)
+    wait_until(lambda: len(noted(notes)) == 2, "the rerun in a worker")
+
+
+def test_supervisor_kills_what_a_killed_worker_left_in_its_process_group(
+    bootstrap: str, topic: str, tmp_path: Path, procs: Processes
+) -> None:
+    """A job started a process of its own (here ``sleep``); its worker child is SIGKILLed:
+    the supervisor kills what is left of the child's process group, which the job's
+    process would otherwise outlive (re-parented to init)."""
+    from cli_jobs import noted, process_gone, spawn_and_wait
+
+    notes = str(tmp_path / "pids")
+    supervisor = _worker(procs, bootstrap, topic, group_name(), "--processes", "2")
+    for index in (0, 1):
+        pid = int(supervisor.wait_for(rf"Worker {index} started \(pid (\d+)\)").group(1))
+        supervisor.wait_for(rf"\[{pid}\] kq.worker: Starting Worker")
+    Queue.connect(bootstrap, topic).enqueue(spawn_and_wait, notes, 100)
+    [(sleep_pid, worker_pid)] = wait_until(lambda: noted(notes), "the job to start its process")
+    assert worker_pid in supervisor.child_pids()
+    os.kill(worker_pid, signal.SIGKILL)  # a child of a process this test started, by pid
+    supervisor.wait_for(rf"\(pid {worker_pid}\) was killed by SIGKILL")
+    wait_until(lambda: process_gone(sleep_pid), "the job's own process to end", 20)
+
+
 _RELOADED_JOB = """
 def job(ledger):
     with open(ledger, "a") as f:
@@ -283,6 +349,35 @@ def test_reload_restarts_workers_on_a_code_change_and_imports_from_the_current_f
 
 
 # -- replay -----------------------------------------------------------------------
+
+
+def test_worker_consumer_settings_cannot_break_the_delay_forwarder(
+    bootstrap: str, topic: str, tmp_path: Path, procs: Processes
+) -> None:
+    """``-X partition.assignment.strategy=cooperative-sticky`` (the worker's own strategy)
+    killed the forwarder: its assign() was refused and delayed jobs never ran. ``kq info``
+    shows the forwarder group and what waits in the tiers."""
+    ledger = str(tmp_path / "ledger")
+    group = group_name()
+    worker = _worker(
+        procs, bootstrap, topic, group, "-X", "partition.assignment.strategy=cooperative-sticky"
+    )
+    worker.wait_for(r"kq.worker: Starting Worker")
+    done = kq(
+        "enqueue", topic, "ledger_jobs:record", f'"{ledger}"', '"delayed"', "--delay", "1",
+        "-b", bootstrap,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: ends(ledger) == {"delayed": 1}, "the delayed job to run")
+
+    def forwarding() -> Any:
+        delay = _lag(bootstrap, topic, group)["delay"]
+        return delay["waiting"] == 0 and len(delay["members"]) == 1 and delay
+
+    delay = wait_until(forwarding, "the forwarder group with one member and nothing waiting")
+    assert delay["group"] == f"{topic}.kq-delay" and delay["state"] == "stable"
+    _stop(worker)
+    assert not re.search(r"Delay forwarder .* stopped", worker.err()), worker.err()[-3000:]
 
 
 def test_replay_dry_run_changes_nothing_and_yes_runs_jobs_again(
@@ -432,7 +527,8 @@ def test_user_mistakes_give_one_line_and_a_non_zero_exit(bootstrap: str, topic: 
         ),
         (("info", "no-such-topic", *b), "topic 'no-such-topic' does not exist"),
         (("worker", "no-such-topic", *b, "-g", "g"), "topic 'no-such-topic' does not exist"),
-        (("enqueue", topic, "no_such_module:f", *b), "no module named 'no_such_module'"),
+        # (a module not here is enqueued by name: test_first_day.py)
+        (("enqueue", topic, "no-such-module:f", *b), "expected 'module:qualname'"),
         (("enqueue", topic, "ledger_jobs:nope", *b), "'ledger_jobs' has no attribute 'nope'"),
         (("enqueue", topic, "ledger_jobs:record", "not-json", *b), "argument 1 is not JSON"),
         (("enqueue", topic, "ledger_jobs:record", "--partition", "7", *b), "has no partition 7"),
@@ -494,6 +590,49 @@ def test_local_kafka_runs_in_the_foreground_until_ctrl_c(procs: Processes) -> No
     local.signal(signal.SIGINT)
     assert local.wait() == 0, local.err()[-3000:]
     assert kq("info", "jobs", "-b", address, "--connect-timeout", "1").returncode == 1
+
+
+def test_local_kafka_takes_9092_when_free_and_says_so_when_not(procs: Processes) -> None:
+    import socket
+
+    from kq.local import port_is_free
+
+    if not port_is_free(9092):
+        pytest.skip("port 9092 is used by something else on this machine")
+    # 9092 taken: the command says so and uses a free port
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 9092))
+        holder.listen()
+        busy = procs.start("local-kafka", name="local-kafka-busy")
+        address = busy.wait_for(r"^bootstrap_servers=(\S+)$", timeout=120, stream="out")[1]
+        assert address != "127.0.0.1:9092"
+        assert "port 9092 on 127.0.0.1 is in use" in busy.err()
+        busy.signal(signal.SIGINT)
+        assert busy.wait() == 0
+        # asked for explicitly, a taken port is an error of one line
+        taken = kq("local-kafka", "--port", "9092", timeout=120)
+        assert taken.returncode == 1
+        assert taken.stderr.startswith("kq local-kafka: error: port 9092 on 127.0.0.1 is in use")
+    # 9092 free: the quick start's address works as written
+    local = procs.start("local-kafka", name="local-kafka-9092")
+    assert local.wait_for(r"^bootstrap_servers=(\S+)$", timeout=120, stream="out")[1] == (
+        "127.0.0.1:9092"
+    )
+    local.signal(signal.SIGINT)
+    assert local.wait() == 0
+
+
+def test_python_m_kq_local_is_the_same_command_as_kq_local_kafka() -> None:
+    import subprocess
+    import sys
+
+    module = subprocess.run(
+        [sys.executable, "-m", "kq.local", "--help"], capture_output=True, text=True, timeout=60
+    )
+    command = kq("local-kafka", "--help")
+    assert module.returncode == command.returncode == 0
+    assert module.stdout.replace("python -m kq.local", "kq local-kafka") == command.stdout
+    assert "--port" in command.stdout and "--users-file" in command.stdout
 
 
 def test_version() -> None:

@@ -92,7 +92,7 @@ def test_list_show_and_requeue_never_unpickle_a_letter(
         ("show", topic, "0:0"),
         ("show", topic, "0:0", "--json"),
         ("requeue", topic, "0:0"),
-        ("requeue", topic, "--all", "--yes"),
+        ("requeue", topic, "--all", "--yes", "--again"),  # once more, on purpose
     ):
         done = kq("dead-letters", *args, "-b", bootstrap)
         assert done.returncode == 0, (args, done.stderr)
@@ -132,14 +132,15 @@ def test_with_signing_keys_only_validly_signed_letters_are_requeued(
     evil = pickle.dumps(_LeavesATrace(str(trace)))
     good = pickle.dumps(pow)
     signer = Signer(SECRET)
+    base = _headers(topic)
     _write(
         bootstrap,
         dead_topic,
         [
-            (good, _headers(topic, kq_sig=signer.sign(topic, None, good))),
+            (good, _headers(topic, kq_sig=signer.sign(topic, None, good, base))),
             (evil, _headers(topic)),  # unsigned
-            (evil, _headers(topic, kq_sig=Signer("x" * 32).sign(topic, None, evil))),
-            (evil, _headers(topic, kq_sig=signer.sign(topic, None, good))),  # tampered
+            (evil, _headers(topic, kq_sig=Signer("x" * 32).sign(topic, None, evil, base))),
+            (evil, _headers(topic, kq_sig=signer.sign(topic, None, good, base))),  # tampered
         ],
     )
     env = {"KQ_SIGNING_KEYS": SECRET}
@@ -165,6 +166,55 @@ def test_with_signing_keys_only_validly_signed_letters_are_requeued(
     visible = kq("dead-letters", "list", topic, "-b", bootstrap, "--signing-key", SECRET)
     assert visible.returncode == 0
     assert "warning: --signing-key on the command line" in visible.stderr
+
+
+# -- item 5: requeue goes to the job topic (or --to), never where a letter points ------
+
+
+def _topic_records(bootstrap: str, topic: str) -> list[tuple[bytes, dict[str, bytes]]]:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group_name(), "auto.offset.reset": "earliest"}
+    )
+    try:
+        end = int(consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1])
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        found: list[tuple[bytes, dict[str, bytes]]] = []
+        for _ in range(100):
+            if len(found) >= end:
+                break
+            m = consumer.poll(0.5)
+            if m is not None and m.error() is None:
+                found.append((m.value(), dict(m.headers() or [])))
+        return found
+    finally:
+        consumer.close()
+
+
+def test_requeue_never_sends_a_letter_where_its_kq_source_points(
+    bootstrap: str, topic: str, dead_topic: str, make_topic: Any
+) -> None:
+    """``kq-source: victim/0/0`` made requeue write into ``victim`` with the operator's
+    credentials. Now a letter goes to its job topic, or to the topic the operator typed."""
+    victim, chosen = make_topic(), make_topic()
+    job = pickle.dumps(pow)
+    _write(
+        bootstrap,
+        dead_topic,
+        [(job, _headers(topic, kq_source=f"{victim}/0/0".encode())) for _ in range(3)],
+    )
+    done = kq("dead-letters", "requeue", topic, "0:0", "-b", bootstrap)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"0:0 -> {topic} ")
+    [letter] = DeadLetters(bootstrap, topic).list(limit=1, since={0: 1})
+    assert letter.source_topic == victim  # shown as the letter claims it...
+    DeadLetters(bootstrap, topic).requeue(letter)  # ...never used as the destination
+    to = kq("dead-letters", "requeue", topic, "0:2", "--to", chosen, "-b", bootstrap)
+    assert to.returncode == 0, to.stderr
+    assert to.stdout.startswith(f"0:2 -> {chosen} ")
+    assert _end_offset(bootstrap, victim) == 0
+    assert [value for value, _ in _topic_records(bootstrap, topic)] == [job, job]
+    [(value, headers)] = _topic_records(bootstrap, chosen)
+    assert value == job and headers["kq-attempt"] == b"1" and "kq-source" not in headers
 
 
 # -- item 6: terminal injection and brittle listing ------------------------------

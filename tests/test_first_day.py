@@ -10,7 +10,7 @@ from typing import Any
 
 import jobfuncs
 import pytest
-from cli_procs import kq
+from cli_procs import Processes, kq, wait_until
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from kq import ClusterError, EnqueueError, Queue, Worker, create_topic
@@ -151,3 +151,151 @@ def test_worker_started_before_its_topic_takes_jobs_once_it_exists(
         worker.stop()
         thread.join(30)
         consumer.close()
+
+
+# -- a wrong address: fast, quiet, clear -----------------------------------------------
+
+_WRONG_ADDRESS = """
+import sys, time
+from kq import Queue, Worker, ClusterError, EnqueueError
+kind, client = sys.argv[1], sys.argv[2]
+started = time.monotonic()
+try:
+    if kind == "worker":
+        Worker.connect("127.0.0.1:1", "jobs", group="g", client=client, connect_timeout=2)
+    else:
+        Queue.connect("127.0.0.1:1", "jobs", client=client, connect_timeout=2)
+except (ClusterError, EnqueueError) as exc:
+    print(type(exc).__name__, exc)
+    print(f"seconds {time.monotonic() - started:.1f}")
+else:
+    print("connected")
+"""
+
+
+@pytest.mark.parametrize("kind", ["worker", "queue"])
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_wrong_address_fails_in_connect_timeout_with_one_clear_error(
+    kind: str, client: ClientName
+) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _WRONG_ADDRESS, kind, client],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = done.stdout.splitlines()
+    assert lines[0] == (
+        f"{'ClusterError' if kind == 'worker' else 'EnqueueError'} "
+        + ("" if kind == "worker" else "could not enqueue to topic 'jobs': ")
+        + "no Kafka broker answered at 127.0.0.1:1 within 2 s"
+        + lines[0].split(" within 2 s", 1)[1]
+    ), done.stdout
+    # the client's own retry chatter never reaches stderr raw (librdkafka's
+    # lines go through Python logging, a repeated one once a minute)
+    raw = [line for line in done.stderr.splitlines() if line.startswith("%")]
+    assert raw == [], done.stderr[-2000:]
+    assert len(done.stderr.splitlines()) <= 5, done.stderr[-2000:]
+
+
+# -- enqueue by name -------------------------------------------------------------------
+
+_TASKS = """
+from pathlib import Path
+
+def add(a, b, out):
+    Path(out).write_text(str(a + b))
+    return a + b
+"""
+
+
+def test_a_function_ref_writes_the_bytes_the_function_itself_would() -> None:
+    import json
+
+    from kq import FunctionRef, Job, json_jobs
+    from kq.serialization import dumps, loads
+
+    by_name = Job(id="j", timestamp=1, func=FunctionRef("json:dumps"), args=(1,), kwargs={})
+    imported = Job(id="j", timestamp=1, func=json.dumps, args=(1,), kwargs={})
+    assert dumps(by_name) == dumps(imported)
+    assert loads(dumps(by_name)).func is json.dumps
+    assert json_jobs.dumps(by_name) == json_jobs.dumps(imported)
+    assert FunctionRef("json:dumps")([1]) == "[1]"  # called directly: imported then
+    with pytest.raises(ValueError, match="expected 'module:qualname'"):
+        FunctionRef("json.dumps")
+
+
+@pytest.mark.parametrize("json_jobs", [False, True])
+@pytest.mark.parametrize("client", CLIENTS)
+def test_enqueue_by_name_without_the_module_and_a_worker_runs_it(
+    bootstrap: str, make_topic: Any, tmp_path: Any, client: ClientName, json_jobs: bool
+) -> None:
+    import subprocess
+    import sys
+
+    from kq import FunctionRef
+    from kq import json_jobs as json_module
+
+    module = f"late_tasks_{uuid.uuid4().hex[:8]}"
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / f"{module}.py").write_text(_TASKS)
+    topic = make_topic(partitions=1)
+    out = tmp_path / "out"
+    serializer = {"serializer": json_module.dumps} if json_jobs else {}
+    queue = Queue.connect(bootstrap, topic, client=client, **serializer)
+    queue.enqueue(FunctionRef(f"{module}:add"), 2, 3, out=str(out))
+    assert module not in sys.modules  # enqueued without importing it
+    loader = f"JsonJobLoader(allow=[{module!r}])" if json_jobs else "None"
+    worker = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[1])\n"
+            "from kq import Worker, JsonJobLoader\n"
+            f"w = Worker.connect(sys.argv[2], sys.argv[3], group='g', client={client!r},"
+            f" deserializer={loader})\n"
+            "print(w.start(max_messages=1))",
+            str(code),
+            bootstrap,
+            topic,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert worker.stdout.strip() == "1", worker.stderr[-2000:]
+    assert out.read_text() == "5"
+
+
+def test_kq_enqueue_by_name_from_a_folder_without_the_module(
+    bootstrap: str, make_topic: Any, tmp_path: Any
+) -> None:
+    module = f"late_tasks_{uuid.uuid4().hex[:8]}"
+    code, elsewhere = tmp_path / "code", tmp_path / "elsewhere"
+    code.mkdir()
+    elsewhere.mkdir()
+    (code / f"{module}.py").write_text(_TASKS)
+    topic = make_topic(partitions=1)
+    out = tmp_path / "out"
+    enqueued = kq(
+        "enqueue", topic, f"{module}:add", "2", "3", "--kwargs", f'{{"out": "{out}"}}',
+        "--json-jobs", "-b", bootstrap, cwd=elsewhere,
+    )  # fmt: skip
+    assert enqueued.returncode == 0, enqueued.stderr
+    # a module that is here but lacks the name is a typo, said at once
+    typo = kq("enqueue", topic, "jobfuncs:no_such_function", "-b", bootstrap)
+    assert typo.returncode != 0 and "has no attribute" in typo.stderr
+    procs = Processes(tmp_path)
+    try:
+        worker = procs.start(
+            "worker", topic, "-g", f"g-{uuid.uuid4().hex[:6]}", "--json-jobs", module,
+            "-b", bootstrap, cwd=code,
+        )  # fmt: skip
+        wait_until(lambda: out.exists(), "the job to run", timeout=60)
+        assert out.read_text() == "5", worker.err()[-2000:]
+    finally:
+        procs.close()

@@ -248,3 +248,23 @@ def test_kq_diagnostics_go_to_their_own_loggers(
         while logger is not None:
             assert logger.name not in ("kq.worker", "kq.queue"), name
             logger = logger.parent
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise ValueError("no repr for you")
+
+
+def test_enqueueing_a_job_whose_repr_raises_still_enqueues_it(
+    bootstrap: str, topic: str, lines: Lines
+) -> None:
+    """How a job is logged never decides whether it is enqueued (KQ's line, told safely)."""
+    job = Queue.connect(bootstrap, topic).enqueue(jobfuncs.echo, _BadRepr())
+    unrepresentable = (
+        "<unrepresentable: repr() of test_kq_log_lines._BadRepr raised ValueError: no repr for you>"
+    )
+    assert lines.lines == [
+        f"[INFO] Enqueueing Job(id={job.id!r}, timestamp={job.timestamp!r}, topic={topic!r},"
+        f" func={jobfuncs.echo!r}, args=({unrepresentable},), kwargs={{}}, timeout=0,"
+        " key=None, partition=None) ..."
+    ]

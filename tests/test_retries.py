@@ -5,8 +5,7 @@ from __future__ import annotations
 import datetime
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from kafka_checks import committed, group_name, produce_raw
 from ledger_jobs import starts, wait_for
 from retry_jobs import attempts_seen, flaky, flaky_async, run_times, slow, stamp
+from tier_checks import running
 
 from kq import DeadLetters, Job, Queue, RetryPolicy, Worker
 from kq.retry import Attempt
@@ -38,19 +38,6 @@ class Calls:
             self.items.append(
                 (status, job.args[1] if job else None, attempt.number if attempt else None)
             )
-
-
-@contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
-    """Run ``worker.start()`` in a thread for the duration of the block."""
-    thread = threading.Thread(target=worker.start, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "worker did not stop"
 
 
 def _until(predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -203,7 +190,9 @@ def test_invalid_is_never_retried(bootstrap: str, topic: str) -> None:
     assert worker.start(max_messages=1) == 1
     assert calls.items == [("invalid", None, 1)]
     assert committed(bootstrap, group, topic) == 1
-    assert DeadLetters(bootstrap, topic).list() == []
+    # never retried, but kept (a worker with retries keeps invalid messages)
+    [letter] = DeadLetters(bootstrap, topic).list()
+    assert (letter.value, letter.status, letter.attempts) == (b"junk", "invalid", 1)
 
 
 def test_worker_policy_retries_jobs_enqueued_without_one(

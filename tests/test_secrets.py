@@ -8,7 +8,6 @@ from their creation, not after a ``chmod``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import stat
@@ -23,7 +22,7 @@ from cli_procs import Processes, kq
 from kafka_checks import group_name
 
 import kq.local as local_module
-from kq._local_users import credentials_from_arguments
+from kq._local_users import credentials
 from kq.local import LocalAuth, LocalKafka, _jvms_started_by
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,46 +112,44 @@ def test_an_existing_node_folder_and_properties_file_are_made_private(tmp_path: 
     assert stat.S_IMODE(existing.stat().st_mode) == 0o600 and existing.read_text() == "new"
 
 
-def _namespace(**values: Any) -> argparse.Namespace:
-    return argparse.Namespace(**{"users_file": None, "admin": None, "user": [], **values})
+def _credentials(
+    users_file: str | None = None, admin: str | None = None, user: list[str] | None = None
+) -> tuple[tuple[str, str], dict[str, str]]:
+    return credentials(users_file, admin, user or [], "python -m kq.local")
 
 
 def test_local_users_come_from_a_private_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kq.local")
     users = _private_file(
         tmp_path / "users", f"# users\nroot={ADMIN_PASSWORD}\napp={USER_PASSWORD}\n"
     )
-    assert credentials_from_arguments(parser, _namespace(users_file=str(users), admin="root")) == (
+    assert _credentials(users_file=str(users), admin="root") == (
         ("root", ADMIN_PASSWORD),
         {"app": USER_PASSWORD},
     )
     assert capsys.readouterr().err == ""
     # without --admin the default admin stays, unless the file names "admin"
-    assert credentials_from_arguments(parser, _namespace(users_file=str(users)))[0] == (
+    assert _credentials(users_file=str(users))[0] == (
         "admin",
         "admin-secret",
     )
     with pytest.raises(ValueError, match="no password for 'boss'"):
-        credentials_from_arguments(parser, _namespace(users_file=str(users), admin="boss"))
+        _credentials(users_file=str(users), admin="boss")
 
     users.chmod(0o644)
     with pytest.raises(ValueError, match="can be read or changed by other users") as readable:
-        credentials_from_arguments(parser, _namespace(users_file=str(users)))
+        _credentials(users_file=str(users))
     assert ADMIN_PASSWORD not in str(readable.value)
     malformed = _private_file(tmp_path / "bad", f"app={USER_PASSWORD}\n{ADMIN_PASSWORD}\n")
     with pytest.raises(ValueError, match="line 2 is not NAME=PASSWORD") as bad:
-        credentials_from_arguments(parser, _namespace(users_file=str(malformed)))
+        _credentials(users_file=str(malformed))
     assert ADMIN_PASSWORD not in str(bad.value) and USER_PASSWORD not in str(bad.value)
 
     # the command line still works, and says who can read it
-    assert credentials_from_arguments(parser, _namespace(user=[f"app={USER_PASSWORD}"]))[1] == {
-        "app": USER_PASSWORD
-    }
+    assert _credentials(user=[f"app={USER_PASSWORD}"])[1] == {"app": USER_PASSWORD}
     assert "can be read by every user of this machine" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        local_module.main(["--users-file", str(users)])  # 0644: refused before any start
+    assert local_module.main(["--users-file", str(users)]) == 2  # 0644: refused before any start
     assert "chmod 600" in capsys.readouterr().err
 
 

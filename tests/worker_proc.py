@@ -7,7 +7,10 @@ callback (``<status> <partition> <offset> <job id or ->``); ``--exit-with-stdin`
 SIGKILLs the process when its stdin reaches EOF, so a worker never outlives
 the test that started it with ``stdin=PIPE`` (even a SIGKILLed one);
 ``--log-level`` (INFO); ``--noise`` starts a thread that logs long lines to
-stderr without end (``engine_jobs.start_noise``).
+stderr without end (``engine_jobs.start_noise``); ``--fail-forwards SECONDS``
+makes the delay forwarder's sends home of jobs keyed ``f-...`` fail (unsent)
+for that long after ``ready``, and prints ``injected N`` at the end. The group
+is in the environment of the jobs, as ``KQ_FAULT_GROUP``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +84,12 @@ def main() -> int:
     parser.add_argument("--exit-with-stdin", action="store_true")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--noise", action="store_true")
+    parser.add_argument("--fail-forwards", type=float, default=0.0)
     args = parser.parse_args()
     if args.exit_with_stdin:
         _die_with_stdin()
+    os.environ["KQ_FAULT_GROUP"] = args.group
+    injection = _Injection(args.topic, args.fail_forwards) if args.fail_forwards else None
     logging.basicConfig(
         level=getattr(logging, args.log_level), stream=sys.stderr, format="%(asctime)s %(message)s"
     )
@@ -110,9 +117,45 @@ def main() -> int:
         **options,
     )
     print("ready", flush=True)
+    if injection is not None:
+        injection.ready_at = time.monotonic()
     processed = worker.start(max_messages=args.max)
+    if injection is not None:
+        print(f"injected {injection.failed()}", flush=True)
     print(f"processed {processed}", flush=True)
     return 0
+
+
+class _Injection:
+    """Send failures of the delay forwarder, from ``ready`` on, for ``seconds``."""
+
+    def __init__(self, topic: str, seconds: float) -> None:
+        from tier_checks import FailingSends
+
+        import kq._retrying
+
+        self.ready_at: float | None = None
+        self.producers: list[FailingSends] = []
+        real = kq._retrying.adapt_producer
+
+        def fail(call: int, record: Any) -> bool:
+            key = record[2] or b""
+            return (
+                self.ready_at is not None
+                and record[0] == topic
+                and key.startswith(b"f-")
+                and time.monotonic() - self.ready_at < seconds
+            )
+
+        def adapt(producer: Any) -> Any:
+            wrapper = FailingSends(real(producer), fail)
+            self.producers.append(wrapper)
+            return wrapper
+
+        kq._retrying.adapt_producer = adapt  # type: ignore[assignment]
+
+    def failed(self) -> int:
+        return sum(p.failed for p in self.producers)
 
 
 if __name__ == "__main__":

@@ -288,8 +288,9 @@ class WorkerPool:
         session_ms: int = 6000,
         outcomes: Path | None = None,
         ready: bool = True,
+        options: Iterable[str] = (),
     ) -> WorkerProc:
-        extra = ["--concurrency", str(concurrency), "--session-ms", str(session_ms)]
+        extra = ["--concurrency", str(concurrency), "--session-ms", str(session_ms), *options]
         if max_in_flight is not None:
             extra += ["--max-in-flight", str(max_in_flight)]
         if outcomes is not None:

@@ -35,15 +35,25 @@ def mark(ledger: str, name: str, sleep: float = 0.0, started: str | None = None)
     return name
 
 
-def fail_first(ledger: str, attempts: str, name: str) -> str:
+def fail_first(ledger: str, attempts: str, name: str, marked: str | None = None) -> str:
     """Fail the first attempt of ``name``; from the second on, ``mark`` it as run.
 
     Every attempt appends ``<name> <pid>`` to ``attempts``; only a successful run
-    goes to the ledger, so the ledger counts the runs a retry policy had to deliver.
+    goes to the ledger (as ``marked``, default ``name``), so the ledger counts the
+    runs a retry policy had to deliver.
     """
     _append(attempts, f"{name} {os.getpid()}\n")
     with open(attempts) as seen:
         tries = sum(1 for line in seen if line.split()[0] == name)
     if tries < 2:
         raise RuntimeError(f"first attempt of {name} fails")
-    return mark(ledger, name)
+    return mark(ledger, marked or name)
+
+
+def fail_first_in_group(ledger: str, attempts: str, name: str) -> str:
+    """``fail_first`` per consumer group: the first attempt in each group fails.
+
+    The group is the worker's ``KQ_FAULT_GROUP`` (set by tests/worker_proc.py);
+    ``attempts`` gets ``<name>@<group> <pid>`` per attempt.
+    """
+    return fail_first(ledger, attempts, f"{name}@{os.environ.get('KQ_FAULT_GROUP', '-')}", name)
