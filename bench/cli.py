@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from bench import profiling
+from bench.delays import DELAY_RANGES, MODEL_RANGES, delays, mean_hops
 from bench.growth import (
     CONCURRENCY_KEYS,
     PARTITIONS,
@@ -59,6 +60,7 @@ from bench.scenarios import (
     scaling,
 )
 from bench.soak import SoakResult, soak
+from bench.spread import burst, two_process_drain
 from kq.local import LocalKafka
 
 SCENARIOS = (
@@ -71,10 +73,12 @@ SCENARIOS = (
     "concurrency",
     "partitions",
     "resume",
+    "spread",
+    "delays",
 )
 ON_DEMAND = ("soak",)  # run only when named in --only
 # one-offs: a flat line or a count of reruns needs one long run, not a median of three
-SINGLE_RUN = ("rss", "resume", "soak")
+SINGLE_RUN = ("rss", "resume", "soak", "delays")
 # One node; a new group's first rebalance waits 0.5 s for more members, so the
 # workers of the scaling scenario, started together, share the first assignment.
 BROKER_CONFIG = {"group.initial.rebalance.delay.ms": "500"}
@@ -216,6 +220,35 @@ class Runner:
             if held is not None:
                 self.record(f"{name}.rss", held.peak_mb)
                 self.record(f"{name}.behind", held.finished_behind)
+
+    def spread(self, run: int) -> None:
+        """Scenario 10: unkeyed jobs over 4 partitions, and two processes draining them."""
+        for client in ("confluent", "kafka-python"):
+            for raw in (False, True):
+                name = f"spread.burst{'-raw' if raw else ''}.{client}"
+                found = self.measure(name, run, functools.partial(burst, self.ctx, client, raw))
+                if found is not None:
+                    self.record(name, found.ratio)
+                    self.results.details[name].append(found.counts)
+            name = f"spread.drain2.{client}"
+            ratio = self.measure(name, run, functools.partial(two_process_drain, self.ctx, client))
+            if ratio is not None:
+                self.record(name, ratio)
+
+    def delays(self, run: int) -> None:
+        """Scenario 11: delayed jobs, how late they run and what forwarding them costs."""
+        for low, high in DELAY_RANGES:
+            name = f"delays.{low:g}-{high:g}"
+            found = self.measure(name, run, functools.partial(delays, self.ctx, low, high), runs=1)
+            if found is not None:
+                self.record(f"{name}.p50", found.quantile(0.5) * 1000)
+                self.record(f"{name}.p99", found.quantile(0.99) * 1000)
+                self.record(f"{name}.max", max(found.lateness) * 1000)
+                self.record(f"{name}.min", min(found.lateness) * 1000)
+                self.record(f"{name}.hops", found.per_job)
+                self.record(f"{name}.cpu", found.cpu_us)
+        for low, high in DELAY_RANGES + MODEL_RANGES:
+            self.record(f"delays.{low:g}-{high:g}.model", mean_hops(low, high))
 
     def soak(self, run: int) -> None:
         """On demand: the soak."""

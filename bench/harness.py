@@ -251,6 +251,7 @@ class Report:
     io: list[tuple[str, int, float, float]] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     runs: dict[str, int] = field(default_factory=dict)  # ``run`` lines: job -> times it ran
+    done: list[tuple[int, float]] = field(default_factory=list)  # ``done`` lines: (pid, end)
 
 
 def read_report(path: Path) -> Report:
@@ -283,6 +284,8 @@ def read_report(path: Path) -> Report:
             report.latencies.append(float(parts[1]))
         elif parts[0] == "run":
             report.runs[parts[1]] = report.runs.get(parts[1], 0) + 1
+        elif parts[0] == "done":
+            report.done.append((int(parts[1]), float(parts[2])))
     return report
 
 

@@ -83,3 +83,9 @@ def slow_once(path: str, marker: str, seconds: float) -> None:
     if first:
         time.sleep(seconds)
         _append(path, f"stamp slow-end {time.monotonic():.6f} {os.getpid()} 0 0 0\n")
+
+
+def sleep_done(path: str, seconds: float) -> None:
+    """Sleep ``seconds``; record ``done PID END`` (monotonic): which process ran it, and when."""
+    time.sleep(seconds)
+    _append(path, f"done {os.getpid()} {time.monotonic():.6f}\n")

@@ -44,6 +44,7 @@ class Row:
     target: str
     met: bool | None  # None: no target, or not measured
     table: str = ""  # which table: "" the main one, else its title
+    measured_ref: bool = True  # False: ref_label states the ideal, nothing is measured
 
     @property
     def ratio(self) -> float | None:
@@ -60,11 +61,15 @@ def fmt(value: float | None, unit: str) -> str:
     if unit == "/s":
         return f"{value:,.0f}/s" if value >= 100 else f"{value:,.1f}/s"
     if unit == "ms":
-        return f"{value:.1f} ms"
+        return f"{value:,.1f} ms"
     if unit == "MB":
         return f"{value:.0f} MB"
     if unit == "jobs":
         return f"{value:,.0f} jobs"
+    if unit == "records":
+        return f"{value:.2f}"
+    if unit == "x":
+        return "∞ (a partition got none)" if value == float("inf") else f"{value:.3f}x"
     return f"{value:g} {unit}"
 
 
@@ -381,7 +386,7 @@ _COLUMNS = ("scenario", "kq", "reference (same run)", "ratio", "target", "met")
 
 
 def _cells(row: Row) -> list[str]:
-    ref = f"{row.ref_label}: {fmt(row.ref, row.unit)}"
+    ref = f"{row.ref_label}: {fmt(row.ref, row.unit)}" if row.measured_ref else row.ref_label
     return [
         row.scenario,
         fmt(row.kq, row.unit),

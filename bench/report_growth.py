@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from bench.delays import DELAY_RANGES, MODEL_RANGES
 from bench.report import Meta, Results, Row
+from bench.spread import BURST_JOBS, DRAIN_JOB_SECONDS, DRAIN_JOBS
 
 if TYPE_CHECKING:
     from bench.scenarios import Settings
@@ -13,6 +15,8 @@ if TYPE_CHECKING:
 CONCURRENCY = "Concurrency on short jobs: no-op jobs, 1 partition, 1 worker process"
 PARTITIONS = "Batched enqueue (`with queue.batch()`) and partitions"
 RESUME = "Head-of-line memory and exact resume (one partition, concurrency 8)"
+DELAYS = "Delayed jobs: lateness and forwarding cost (forwarder in a process of its own)"
+SPREAD = "Unkeyed jobs over 4 partitions, and a group of two worker processes"
 
 _KEYS = (("unkeyed", "unkeyed"), ("1000-keys", "1,000 keys"), ("1-key", "1 key"))
 
@@ -40,7 +44,7 @@ def growth_rows(results: Results, settings: Settings) -> list[Row]:
         target: str,
         check: Callable[[Row], bool | None] | None = None,
     ) -> None:
-        row = Row(scenario, m(kq), ref_label, m(ref), unit, target, None, table)
+        row = Row(scenario, m(kq), ref_label, m(ref), unit, target, None, table, bool(ref))
         row.met = check(row) if check else None
         rows.append(row)
 
@@ -122,6 +126,66 @@ def growth_rows(results: Results, settings: Settings) -> list[Row]:
         "≤ limit + max_in_flight",
         _kq_at_most(10_000 + settings.max_in_flight),
     )
+    jobs_delayed = settings.delay_jobs
+    for low, high in DELAY_RANGES:
+        name = f"delays.{low:g}-{high:g}"
+        what = f"{jobs_delayed:,} jobs delayed {low:g}-{high:g} s"
+        for stat, target, bound in (("p50", "—", None), ("p99", "≤ 1,000 ms", 1000.0)):
+            add(
+                DELAYS,
+                f"{what}: lateness {stat}",
+                f"{name}.{stat}",
+                "earliest (negative: early)",
+                f"{name}.min",
+                "ms",
+                target,
+                None if bound is None else _kq_at_most(bound),
+            )
+        add(
+            DELAYS,
+            f"{what}: records forwarded per job (hops and home)",
+            f"{name}.hops",
+            "the routing alone, on an ideal clock",
+            f"{name}.model",
+            "records",
+            "≤ 2",
+            _kq_at_most(2.0),
+        )
+    for low, high in MODEL_RANGES:
+        add(
+            DELAYS,
+            f"Delays {low:g}-{high:g} s (not run: the routing alone, ideal clock):"
+            " records forwarded per job",
+            f"delays.{low:g}-{high:g}.model",
+            "",
+            "",
+            "records",
+            "≤ 2" if high <= 3600 else "—",
+            _kq_at_most(2.0) if high <= 3600 else None,
+        )
+    for client in ("confluent", "kafka-python"):
+        add(
+            SPREAD,
+            f"{BURST_JOBS} single `enqueue` calls, {client}: fullest partition / emptiest",
+            f"spread.burst.{client}",
+            "the client's own partitioner",
+            f"spread.burst-raw.{client}",
+            "x",
+            "≤ 1.10x",
+            lambda r: None if r.kq is None else r.kq <= 1.10,
+        )
+    for client in ("confluent", "kafka-python"):
+        add(
+            SPREAD,
+            f"{DRAIN_JOBS:,} jobs of 10 ms in a `queue.batch()` ({client}), 2 worker processes:"
+            " later finish / earlier finish",
+            f"spread.drain2.{client}",
+            "ideal: 1.000x (both finish together)",
+            "",
+            "x",
+            "≤ 1.10x",
+            lambda r: None if r.kq is None else r.kq <= 1.10,
+        )
     return rows
 
 
@@ -145,6 +209,21 @@ def growth_details(results: Results) -> list[str]:
         shown = ", ".join(f"{tag} {v:,.0f}" for tag, v in before if v is not None)
         if shown:
             lines.append(f"SIGKILL {what}: jobs that had run when it came: {shown}.")
+    for low, high in DELAY_RANGES:
+        name = f"delays.{low:g}-{high:g}"
+        per_job, latest = results.median(f"{name}.cpu"), results.median(f"{name}.max")
+        if per_job is not None and latest is not None:
+            lines.append(
+                f"Delays {low:g}-{high:g} s: forwarder CPU per delayed job {per_job:,.0f} µs"
+                f" (its whole process); latest job {latest:,.0f} ms after its due time."
+            )
+    for client in ("confluent", "kafka-python"):
+        for raw in ("", "-raw"):
+            counts = results.details.get(f"spread.burst{raw}.{client}", [])
+            if counts:
+                who = "the client's partitioner" if raw else "kq"
+                shown = "; ".join("/".join(str(c) for c in run) for run in counts)
+                lines.append(f"Burst of {BURST_JOBS}, {client}, {who}: jobs per partition {shown}.")
     return lines
 
 
@@ -170,6 +249,21 @@ def growth_method(s: Settings) -> list[str]:
         f"Head-of-line memory: one job sleeping {s.slow_seconds:g} s, then {s.behind_jobs:,} "
         "short jobs, concurrency 8; VmRSS sampled every 0.1 s while the slow job runs; "
         "*finished behind it* = short jobs that ran before it ended. One run each.",
+        f"Delays: {s.delay_jobs:,} jobs per range, their delays spread evenly over it (50 "
+        "batches), run by a kq worker with `scheduling=False` while a delay forwarder runs alone "
+        "in its own process (its CPU: user+system of that process, clients included, over the "
+        "whole run); lateness = `time.time()` at the job's start minus its due time; forwarded "
+        "records = the tiers' end offsets (each job's first tier write plus every hop) over the "
+        "jobs, which equals the forwarder's writes (hops plus the write home). One run. The "
+        "*routing alone* rows count the writes of `kq.schedule.route` on a clock with no "
+        "processing time (3,600 delays spread over the range).",
+        f"Spread: {BURST_JOBS} unkeyed `queue.enqueue` calls into a new 4-partition topic, counted "
+        "per partition from the end offsets; the reference sends the same job bytes through a "
+        "producer with kq's settings, one acknowledged record at a time, partitioned by the client."
+        f" Two processes: {DRAIN_JOBS:,} jobs sleeping {DRAIN_JOB_SECONDS * 1000:g} ms enqueued in "
+        "one batch into a new 4-partition topic, then two kq workers of one group (concurrency 1) "
+        "started together; the time from their start to each one's last job end, the later over "
+        "the earlier.",
     ]
 
 

@@ -72,6 +72,7 @@ class Settings:
     mid_drain_jobs: int
     behind_jobs: int
     slow_seconds: float
+    delay_jobs: int
     max_in_flight: int = 1000
 
     @classmethod
@@ -96,6 +97,7 @@ class Settings:
             mid_drain_jobs=100_000,
             behind_jobs=200_000,
             slow_seconds=10.0,
+            delay_jobs=20_000,
         )
 
     @classmethod
@@ -120,6 +122,7 @@ class Settings:
             mid_drain_jobs=20_000,
             behind_jobs=50_000,
             slow_seconds=5.0,
+            delay_jobs=5_000,
         )
 
 
