@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from bench import profiling
-from bench.delays import DELAY_RANGES, MODEL_RANGES, delays, mean_hops
+from bench.delays import DELAY_RANGES, MODEL_RANGES, delays, mean_hops, route_before
 from bench.growth import (
     CONCURRENCY_KEYS,
     PARTITIONS,
@@ -249,6 +249,8 @@ class Runner:
                 self.record(f"{name}.cpu", found.cpu_us)
         for low, high in DELAY_RANGES + MODEL_RANGES:
             self.record(f"delays.{low:g}-{high:g}.model", mean_hops(low, high))
+            before = mean_hops(low, high, route_before)
+            self.record(f"delays.{low:g}-{high:g}.model-before", before)
 
     def soak(self, run: int) -> None:
         """On demand: the soak."""

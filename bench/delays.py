@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.harness import BenchError, count_lines, jobs, read_report, unique, wait_until
 from bench.scenarios import Context
 from kq import Queue
 from kq._admin import Cluster, ClusterError
-from kq.schedule import DUE_SLACK_MS, delay_topics, route, tier_of, timing
+from kq.schedule import DUE_SLACK_MS, TIERS, delay_topic, delay_topics, route, tier_of, timing
+
+Router = Callable[[str, int, int], str]
 
 # distinct delays per range (one batch each); the jobs are spread evenly over them
 _STEPS = 50
@@ -97,10 +100,19 @@ def delays(ctx: Context, low: float, high: float) -> Delayed:
     return Delayed(count, low, high, lateness, forwarded, float(result["cpu"]))
 
 
-def hops(delay_ms: int) -> int:
+def route_before(home: str, due_ms: int, now_ms: int) -> str:
+    """The routing before issue 17: the largest tier not longer than the wait."""
+    chosen = TIERS[0][0]
+    for suffix, seconds in TIERS:
+        if seconds * 1000 <= due_ms - now_ms:
+            chosen = suffix
+    return delay_topic(home, chosen)
+
+
+def hops(delay_ms: int, router: Router = route) -> int:
     """Records the forwarder writes for one job delayed ``delay_ms``, on an ideal clock."""
     now, due = 0, delay_ms
-    tier = route("t", due, now)
+    tier = router("t", due, now)
     written = 0
     while True:
         when = timing(tier_of(tier) or 0, now, due, now)
@@ -108,13 +120,13 @@ def hops(delay_ms: int) -> int:
         written += 1
         if due <= now + DUE_SLACK_MS:
             return written
-        tier = route("t", due, now)
+        tier = router("t", due, now)
 
 
-def mean_hops(low: float, high: float, steps: int = 3600) -> float:
+def mean_hops(low: float, high: float, router: Router = route, steps: int = 3600) -> float:
     """Mean of ``hops`` over delays spread evenly from ``low`` to ``high`` seconds."""
     delays_ms = [int(1000 * (low + (high - low) * i / (steps - 1))) for i in range(steps)]
-    return statistics.fmean(map(hops, delays_ms))
+    return statistics.fmean(hops(d, router) for d in delays_ms)
 
 
 DELAY_RANGES = ((1.0, 10.0), (5.0, 60.0))

@@ -157,8 +157,8 @@ def growth_rows(results: Results, settings: Settings) -> list[Row]:
             f"Delays {low:g}-{high:g} s (not run: the routing alone, ideal clock):"
             " records forwarded per job",
             f"delays.{low:g}-{high:g}.model",
-            "",
-            "",
+            "the routing before issue 17",
+            f"delays.{low:g}-{high:g}.model-before",
             "records",
             "≤ 2" if high <= 3600 else "—",
             _kq_at_most(2.0) if high <= 3600 else None,
