@@ -196,6 +196,15 @@ class Runner:
                 )
                 if rate is not None:
                     self.record(name, rate)
+        for count in (1, 256):  # kafka-python's batch path, on topics written to before
+            name = f"parts.warm-kp.p{count}"
+            rate = self.measure(
+                name,
+                run,
+                functools.partial(enqueue_to_partitions, self.ctx, count, True, "kafka-python"),
+            )
+            if rate is not None:
+                self.record(name, rate)
 
     def resume(self, run: int) -> None:
         """Scenario 9: jobs run again after a SIGKILL; memory behind a slow job."""

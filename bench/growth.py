@@ -82,7 +82,9 @@ def _warm(bootstrap: str, topic: str, partitions: int) -> None:
             raise BenchError(f"warming {topic}: records not delivered")
 
 
-def enqueue_to_partitions(ctx: Context, partitions: int, warmed: bool) -> float:
+def enqueue_to_partitions(
+    ctx: Context, partitions: int, warmed: bool, client: str = "confluent"
+) -> float:
     """Jobs per second through ``with queue.batch()`` to a topic of ``partitions`` partitions.
 
     ``warmed``: every partition was written to before (a topic in use);
@@ -93,8 +95,8 @@ def enqueue_to_partitions(ctx: Context, partitions: int, warmed: bool) -> float:
     topic = ctx.topic(f"parts-{partitions}-{'warm' if warmed else 'new'}", partitions)
     if warmed:
         _warm(ctx.bootstrap, topic, partitions)
-    name = f"parts-{partitions}-{'warm' if warmed else 'new'}"
-    result = ctx.enqueuer(name, topic, "batch", "--count", count).wait(300)
+    name = f"parts-{partitions}-{'warm' if warmed else 'new'}-{client}"
+    result = ctx.enqueuer(name, topic, "batch", "--count", count, "--client", client).wait(300)
     return float(count / result["seconds"])
 
 

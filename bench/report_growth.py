@@ -85,6 +85,16 @@ def growth_rows(results: Results, settings: Settings) -> list[Row]:
                 "≥ 0.60x" if warmed and partitions == 256 else "—",
                 _ratio_at_least(0.60) if warmed and partitions == 256 else None,
             )
+    add(
+        PARTITIONS,
+        f"{count:,} jobs, topic written to before, kafka-python: 256 partitions",
+        "parts.warm-kp.p256",
+        "1 partition",
+        "parts.warm-kp.p1",
+        "/s",
+        "≥ 0.60x",
+        _ratio_at_least(0.60),
+    )
     limit = settings.head_of_line_limit
     add(
         RESUME,
