@@ -12,6 +12,7 @@ the default run (it takes the minutes it is given) nor of CI.
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -126,7 +127,9 @@ def soak(ctx: Context, seconds: float, rate: float) -> SoakResult:
         result.drained_after = time.monotonic() - enqueued_at
     stop.set()
     lag_thread.join(30)
-    worker.terminate(60)
+    worker.proc.send_signal(signal.SIGTERM)  # the command's graceful stop; it prints no RESULT
+    if worker.proc.wait(60) != 0:
+        raise BenchError(f"kq worker exited with {worker.proc.returncode}:\n{worker.tail()}")
     runs = read_report(path).runs
     result.ran = len(runs)
     result.lost = sum(1 for seq in range(result.sent) if str(seq) not in runs)

@@ -475,7 +475,9 @@ class Forwarder:
                     one_line(failed.error) if failed.error is not None else "unknown",
                     backoff / 1000,
                 )
-                self._hold(consumer, parts, tp, failed.offset, now + backoff)
+                # read again from the lowest record not done: an earlier failure of
+                # this partition may still wait for its retry below this one
+                self._hold(consumer, parts, tp, parts.position[tp], now + backoff)
             upto = parts.commit_point(tp)
             if upto is None:
                 continue

@@ -156,6 +156,25 @@ def test_a_failed_send_ahead_of_a_waiting_record_is_tried_again(clock: _Clock) -
     assert producer.sent == ["A", "B"] and consumer.commits == [(0, 1), (0, 2)]
 
 
+def test_a_second_failure_above_a_first_one_does_not_skip_the_first(clock: _Clock) -> None:
+    """A fails; B, waiting in memory above it, fails when it is ready, before A's retry:
+    the partition must still be read again from A (seeking to B lost A)."""
+    fail = {"A", "B"}
+    producer = _Producer(lambda r: _transient(r) if r[1].decode() in fail else None)
+    forwarder, consumer, parts = _forwarder(producer), _Consumer(), Partitions()
+    now = clock.ms
+    batch = [_Message(0, "A", now - 1, now), _Message(1, "B", now + 300, now)]
+    forwarder._handle(consumer, batch, parts)
+    assert consumer.sought == [(0, 0)]
+    clock.ms = now + 300  # B is ready; A's retry is due at now + 500
+    forwarder._handle(consumer, [], parts)
+    assert consumer.sought == [(0, 0), (0, 0)] and consumer.commits == []
+    fail.clear()
+    clock.ms = parts.held.pop((TIER, 0))
+    forwarder._handle(consumer, batch, parts)
+    assert sorted(producer.sent) == ["A", "B"] and consumer.commits == [(0, 2)]
+
+
 def test_delivered_records_are_not_sent_again_after_a_failure(clock: _Clock) -> None:
     fail = {"victim"}
     producer = _Producer(lambda r: _transient(r) if r[1].decode() in fail else None)
