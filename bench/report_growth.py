@@ -261,8 +261,10 @@ def growth_method(s: Settings) -> list[str]:
         "*finished behind it* = short jobs that ran before it ended. One run each.",
         f"Delays: {s.delay_jobs:,} jobs per range, their delays spread evenly over it (50 "
         "batches), run by a kq worker with `scheduling=False` while a delay forwarder runs alone "
-        "in its own process (its CPU: user+system of that process, clients included, over the "
-        "whole run); lateness = `time.time()` at the job's start minus its due time; forwarded "
+        "in its own process, both started first on a topic whose tiers exist (one delayed "
+        "job has gone through them); the forwarder's CPU: user+system of its process, clients "
+        "included, over the whole run; lateness = `time.time()` at the job's start minus its "
+        "due time; forwarded "
         "records = the tiers' end offsets (each job's first tier write plus every hop) over the "
         "jobs, which equals the forwarder's writes (hops plus the write home). One run. The "
         "*routing alone* rows count the writes of `kq.schedule.route` on a clock with no "
