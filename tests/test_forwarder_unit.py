@@ -221,15 +221,20 @@ def test_a_record_from_a_clock_ahead_counts_from_when_it_was_first_read(clock: _
     assert consumer.commits == [(0, 1)]
 
 
+def _later_then_sooner(now: int) -> list[_Message]:
+    """In the 1 m tier: A due in 50 s, then B due in 5 s."""
+    return [
+        _Message(0, "A", now + 50_000, now, tier=MINUTE),
+        _Message(1, "B", now + 5_000, now, tier=MINUTE),
+    ]
+
+
 def test_a_record_due_sooner_is_not_held_behind_one_due_later(clock: _Clock) -> None:
     """Both wait in the 1 m tier; B, behind A, is due 45 s before it and goes on time."""
     producer = _Producer(lambda r: None)
     forwarder, consumer, parts = _forwarder(producer), _Consumer(), Partitions()
     now = clock.ms
-    batch = [
-        _Message(0, "A", now + 50_000, now, tier=MINUTE),
-        _Message(1, "B", now + 5_000, now, tier=MINUTE),
-    ]
+    batch = _later_then_sooner(now)
     forwarder._handle(consumer, batch, parts)
     clock.ms = now + 5_000
     forwarder._handle(consumer, [], parts)
@@ -251,10 +256,7 @@ def test_what_was_delivered_behind_a_waiting_record_is_not_delivered_again_after
     producer = _Producer(lambda r: None)
     first, consumer, first_parts = _forwarder(producer), _Consumer(), Partitions()
     now = clock.ms
-    batch = [
-        _Message(0, "A", now + 50_000, now, tier=MINUTE),
-        _Message(1, "B", now + 5_000, now, tier=MINUTE),
-    ]
+    batch = _later_then_sooner(now)
     first._handle(consumer, batch, first_parts)
     clock.ms = now + 5_000
     first._handle(consumer, [], first_parts)
