@@ -254,7 +254,7 @@ def test_supervisor_stops_gracefully_on_sighup(
     supervisor = _worker(procs, bootstrap, topic, group_name(), "--processes", "2")
     for index in (0, 1):
         pid = int(supervisor.wait_for(rf"Worker {index} started \(pid (\d+)\)").group(1))
-        supervisor.wait_for(rf"\[{pid}\] kq.worker: Starting Worker")
+        supervisor.wait_for(rf"\[{pid}\] kq.runtime: Running Worker")
     supervisor.signal(signal.SIGHUP)
     assert supervisor.wait() == 0, supervisor.err()[-3000:]
     log = supervisor.err()
@@ -265,7 +265,7 @@ def test_supervisor_stops_gracefully_on_sighup(
 
 def test_worker_stops_gracefully_on_sighup(bootstrap: str, topic: str, procs: Processes) -> None:
     worker = _worker(procs, bootstrap, topic, group_name())
-    worker.wait_for(r"kq.worker: Starting Worker")
+    worker.wait_for(r"kq.runtime: Running Worker")
     worker.signal(signal.SIGHUP)
     assert worker.wait() == 0, worker.err()[-3000:]
 
@@ -282,7 +282,7 @@ def test_supervisor_worker_sigkilled_takes_its_timed_job_process_with_it(
     supervisor = _worker(procs, bootstrap, topic, group_name(), "--processes", "2")
     for index in (0, 1):
         pid = int(supervisor.wait_for(rf"Worker {index} started \(pid (\d+)\)").group(1))
-        supervisor.wait_for(rf"\[{pid}\] kq.worker: Starting Worker")
+        supervisor.wait_for(rf"\[{pid}\] kq.runtime: Running Worker")
     Queue.connect(bootstrap, topic).using(timeout=120).enqueue(note_and_sleep, notes, 100)
     [(job_pid, worker_pid)] = wait_until(lambda: noted(notes), "the timed job to start")
     assert worker_pid in supervisor.child_pids()
@@ -303,7 +303,7 @@ def test_supervisor_kills_what_a_killed_worker_left_in_its_process_group(
     supervisor = _worker(procs, bootstrap, topic, group_name(), "--processes", "2")
     for index in (0, 1):
         pid = int(supervisor.wait_for(rf"Worker {index} started \(pid (\d+)\)").group(1))
-        supervisor.wait_for(rf"\[{pid}\] kq.worker: Starting Worker")
+        supervisor.wait_for(rf"\[{pid}\] kq.runtime: Running Worker")
     Queue.connect(bootstrap, topic).enqueue(spawn_and_wait, notes, 100)
     [(sleep_pid, worker_pid)] = wait_until(lambda: noted(notes), "the job to start its process")
     assert worker_pid in supervisor.child_pids()
@@ -362,7 +362,7 @@ def test_worker_consumer_settings_cannot_break_the_delay_forwarder(
     worker = _worker(
         procs, bootstrap, topic, group, "-X", "partition.assignment.strategy=cooperative-sticky"
     )
-    worker.wait_for(r"kq.worker: Starting Worker")
+    worker.wait_for(r"kq.runtime: Running Worker")
     done = kq(
         "enqueue", topic, "ledger_jobs:record", f'"{ledger}"', '"delayed"', "--delay", "1",
         "-b", bootstrap,
