@@ -20,6 +20,17 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from bench import profiling
+from bench.delays import DELAY_RANGES, MODEL_RANGES, delays, mean_hops, route_before
+from bench.growth import (
+    CONCURRENCY_KEYS,
+    PARTITIONS,
+    behind_a_slow_job,
+    concurrency,
+    drain_at_concurrency_8,
+    enqueue_to_partitions,
+    reruns_behind_a_slow_job,
+    reruns_mid_drain,
+)
 from bench.harness import REPO_ROOT, Children, new_workdir
 from bench.report import (
     Meta,
@@ -30,6 +41,7 @@ from bench.report import (
     text_table,
     write_readme,
 )
+from bench.report_growth import soak_markdown
 from bench.scenarios import (
     DRAIN_SYSTEMS,
     ENQUEUE_SYSTEMS,
@@ -47,9 +59,26 @@ from bench.scenarios import (
     rss,
     scaling,
 )
+from bench.soak import SoakResult, soak
+from bench.spread import burst, two_process_drain
 from kq.local import LocalKafka
 
-SCENARIOS = ("drain", "enqueue", "io", "latency", "scaling", "rss")
+SCENARIOS = (
+    "drain",
+    "enqueue",
+    "io",
+    "latency",
+    "scaling",
+    "rss",
+    "concurrency",
+    "partitions",
+    "resume",
+    "spread",
+    "delays",
+)
+ON_DEMAND = ("soak",)  # run only when named in --only
+# one-offs: a flat line or a count of reruns needs one long run, not a median of three
+SINGLE_RUN = ("rss", "resume", "soak", "delays")
 # One node; a new group's first rebalance waits 0.5 s for more members, so the
 # workers of the scaling scenario, started together, share the first assignment.
 BROKER_CONFIG = {"group.initial.rebalance.delay.ms": "500"}
@@ -85,6 +114,7 @@ class Runner:
         self.ctx = ctx
         self.results = results
         self.legacy_error: str | None = None
+        self.soak_args = argparse.Namespace(soak_seconds=300.0, soak_rate=5000.0)
 
     def measure(self, name: str, run: int, fn: Callable[[], T], runs: int = 0) -> T | None:
         """One repetition of one measurement; None (and a recorded error) when it failed."""
@@ -145,6 +175,109 @@ class Runner:
                 self.record(name, result.rate)
                 self.results.details[name].append(result.pids_per_partition)
 
+    def concurrency(self, run: int) -> None:
+        """Scenario 7: what concurrency costs a short job (and exact resume's metadata)."""
+        for keys in CONCURRENCY_KEYS:
+            for level in (1, 8):
+                name = f"conc.{keys}.c{level}"
+                result = self.measure(
+                    name, run, functools.partial(concurrency, self.ctx, keys, level)
+                )
+                if result is not None:
+                    self.record(name, result.rate)
+                    self.record(f"conc-cpu.{keys}.c{level}", result.cpu_us)
+        for exact in (True, False):
+            name = f"conc.resume-{'on' if exact else 'off'}.c8"
+            rated = self.measure(
+                name, run, functools.partial(drain_at_concurrency_8, self.ctx, exact)
+            )
+            if rated is not None:
+                self.record(name, rated.rate)
+
+    def partitions(self, run: int) -> None:
+        """Scenario 8: batched enqueue to topics of more and more partitions."""
+        for warmed in (True, False):
+            for count in PARTITIONS:
+                name = f"parts.{'warm' if warmed else 'new'}.p{count}"
+                rate = self.measure(
+                    name, run, functools.partial(enqueue_to_partitions, self.ctx, count, warmed)
+                )
+                if rate is not None:
+                    self.record(name, rate)
+        for count in (1, 256):  # kafka-python's batch path, on topics written to before
+            name = f"parts.warm-kp.p{count}"
+            rate = self.measure(
+                name,
+                run,
+                functools.partial(enqueue_to_partitions, self.ctx, count, True, "kafka-python"),
+            )
+            if rate is not None:
+                self.record(name, rate)
+
+    def resume(self, run: int) -> None:
+        """Scenario 9: jobs run again after a SIGKILL; memory behind a slow job."""
+        for exact in (True, False):
+            tag = "exact" if exact else "plain"
+            for kind, scenario in (
+                ("slow", reruns_behind_a_slow_job),
+                ("mid", reruns_mid_drain),
+            ):
+                name = f"resume.{kind}.{tag}"
+                found = self.measure(
+                    name, run, functools.partial(scenario, self.ctx, exact), runs=1
+                )
+                if found is not None:
+                    self.record(name, found.ran_again)
+                    self.record(f"resume.{kind}-before.{tag}", found.ran_before_kill)
+        for limited in (True, False):
+            name = f"hol.{'limited' if limited else 'unlimited'}"
+            held = self.measure(
+                name, run, functools.partial(behind_a_slow_job, self.ctx, limited), runs=1
+            )
+            if held is not None:
+                self.record(f"{name}.rss", held.peak_mb)
+                self.record(f"{name}.behind", held.finished_behind)
+
+    def spread(self, run: int) -> None:
+        """Scenario 10: unkeyed jobs over 4 partitions, and two processes draining them."""
+        for client in ("confluent", "kafka-python"):
+            for raw in (False, True):
+                name = f"spread.burst{'-raw' if raw else ''}.{client}"
+                found = self.measure(name, run, functools.partial(burst, self.ctx, client, raw))
+                if found is not None:
+                    self.record(name, found.ratio)
+                    self.results.details[name].append(found.counts)
+            name = f"spread.drain2.{client}"
+            ratio = self.measure(name, run, functools.partial(two_process_drain, self.ctx, client))
+            if ratio is not None:
+                self.record(name, ratio)
+
+    def delays(self, run: int) -> None:
+        """Scenario 11: delayed jobs, how late they run and what forwarding them costs."""
+        for low, high in DELAY_RANGES:
+            name = f"delays.{low:g}-{high:g}"
+            found = self.measure(name, run, functools.partial(delays, self.ctx, low, high), runs=1)
+            if found is not None:
+                self.record(f"{name}.p50", found.quantile(0.5) * 1000)
+                self.record(f"{name}.p99", found.quantile(0.99) * 1000)
+                self.record(f"{name}.max", max(found.lateness) * 1000)
+                self.record(f"{name}.min", min(found.lateness) * 1000)
+                self.record(f"{name}.hops", found.per_job)
+                self.record(f"{name}.cpu", found.cpu_us)
+        for low, high in DELAY_RANGES + MODEL_RANGES:
+            self.record(f"delays.{low:g}-{high:g}.model", mean_hops(low, high))
+            before = mean_hops(low, high, route_before)
+            self.record(f"delays.{low:g}-{high:g}.model-before", before)
+
+    def soak(self, run: int) -> None:
+        """On demand: the soak."""
+        s = self.soak_args
+        result = self.measure(
+            "soak", run, lambda: soak(self.ctx, s.soak_seconds, s.soak_rate), runs=1
+        )
+        if result is not None:
+            self.results.details["soak"].append(result)
+
     def rss(self, run: int) -> None:
         """Scenario 6."""
         result = self.measure("rss", run, lambda: rss(self.ctx), runs=1)
@@ -183,11 +316,13 @@ def _prepare_legacy(runner: Runner) -> None:
 def run_benchmarks(args: argparse.Namespace, settings: Settings) -> int:
     """The whole benchmark: every scenario, medians, the table (and the README)."""
     only = set(args.only.split(",")) if args.only else set(SCENARIOS)
-    unknown = only - set(SCENARIOS)
+    unknown = only - set(SCENARIOS) - set(ON_DEMAND)
     if unknown:
-        raise SystemExit(f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}")
-    if args.write_readme and only != set(SCENARIOS):
-        raise SystemExit("--write-readme needs every scenario (no --only)")
+        raise SystemExit(
+            f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS + ON_DEMAND}"
+        )
+    if args.write_readme and only not in (set(SCENARIOS), {"soak"}):
+        raise SystemExit("--write-readme needs every scenario (no --only), or --only soak")
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     started = time.monotonic()
     workdir = new_workdir()
@@ -204,13 +339,13 @@ def run_benchmarks(args: argparse.Namespace, settings: Settings) -> int:
                 settings,
             )
             runner = Runner(ctx, results)
+            runner.soak_args = args
             if "drain" in only or "enqueue" in only:
                 _prepare_legacy(runner)
-            for scenario in SCENARIOS:
+            for scenario in SCENARIOS + ON_DEMAND:
                 if scenario not in only:
                     continue
-                # the memory scenario is a one-off: a flat line needs one long drain
-                runs = 1 if scenario == "rss" else settings.runs
+                runs = 1 if scenario in SINGLE_RUN else settings.runs
                 for run in range(runs):
                     getattr(runner, scenario)(run)
                     children.close()
@@ -218,13 +353,22 @@ def run_benchmarks(args: argparse.Namespace, settings: Settings) -> int:
         children.close()
     seconds = time.monotonic() - started
     meta = Meta.now(args.quick, settings.runs, LEGACY_VERSION, load_before, seconds)
-    rows = build_rows(results, settings.rss, settings.max_in_flight)
-    details = detail_lines(results)
-    print(text_table(rows, meta, details, settings))
-    if args.write_readme:
-        readme = REPO_ROOT / "README.md"
-        write_readme(readme, markdown(rows, meta, details, settings))
-        log(f"Wrote the table into {readme}")
+    if only == {"soak"}:
+        soaks: list[SoakResult] = results.details.get("soak", [])
+        text = soak_markdown(soaks, meta, results)
+        print(text)
+        if args.write_readme:
+            readme = REPO_ROOT / "README.md"
+            write_readme(readme, text, marker="soak")
+            log(f"Wrote the soak into {readme}")
+    else:
+        rows = build_rows(results, settings)
+        details = detail_lines(results)
+        print(text_table(rows, meta, details, settings))
+        if args.write_readme:
+            readme = REPO_ROOT / "README.md"
+            write_readme(readme, markdown(rows, meta, details, settings))
+            log(f"Wrote the table into {readme}")
     if args.keep:
         log(f"Child output and job reports kept in {workdir}")
     else:
@@ -246,6 +390,7 @@ def run_profile(args: argparse.Namespace, settings: Settings) -> int:
         "enqueue-many": (s.enqueue_batch, lambda ctx: enqueue(ctx, "many")),
         "enqueue-single": (s.enqueue_single, lambda ctx: enqueue(ctx, "single")),
         "io": (s.io_per_lane * 64, lambda ctx: io_bound(ctx, 64)),
+        "concurrency": (s.concurrency_jobs, lambda ctx: concurrency(ctx, "unkeyed", 8)),
         "latency": (int(s.latency_rate * s.latency_seconds), lambda ctx: latency(ctx, "kq")),
         "rss": (s.rss, rss),
     }
@@ -291,7 +436,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--write-readme", action="store_true", help="also replace the README's bench section"
     )
-    parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated subset of {','.join(SCENARIOS)}; on demand only: soak",
+    )
+    parser.add_argument(
+        "--soak-seconds", type=float, default=300.0, help="how long the soak enqueues (300)"
+    )
+    parser.add_argument(
+        "--soak-rate", type=float, default=5000.0, help="jobs per second in the soak (5000)"
+    )
     parser.add_argument(
         "--profile",
         choices=sorted(profiling.TARGETS),

@@ -118,8 +118,10 @@ class Children:
         self._children: list[Child] = []
         self._lock = threading.Lock()
 
-    def start(self, name: str, argv: Sequence[str], *, gate: bool = False) -> Child:
-        """Start ``argv``; stdin is a pipe when ``gate`` (see ``Child.go``)."""
+    def start(
+        self, name: str, argv: Sequence[str], *, gate: bool = False, cwd: Path | None = None
+    ) -> Child:
+        """Start ``argv`` (in ``cwd``, default the work folder); stdin is a pipe when ``gate``."""
         index = len(self._children)
         stdout = self._workdir / f"{index:03d}-{name}.out"
         stderr = self._workdir / f"{index:03d}-{name}.err"
@@ -131,7 +133,7 @@ class Children:
                 stdin=subprocess.PIPE if gate else subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
-                cwd=self._workdir,
+                cwd=cwd or self._workdir,
                 env=env,
             )
         child = Child(name, proc, stdout, stderr)
@@ -248,6 +250,8 @@ class Report:
     stamps: dict[str, Stamp] = field(default_factory=dict)
     io: list[tuple[str, int, float, float]] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    runs: dict[str, int] = field(default_factory=dict)  # ``run`` lines: job -> times it ran
+    done: list[tuple[int, float]] = field(default_factory=list)  # ``done`` lines: (pid, end)
 
 
 def read_report(path: Path) -> Report:
@@ -278,7 +282,20 @@ def read_report(path: Path) -> Report:
             report.io.append((parts[1], int(parts[2]), float(parts[3]), float(parts[4])))
         elif parts[0] == "lat":
             report.latencies.append(float(parts[1]))
+        elif parts[0] == "run":
+            report.runs[parts[1]] = report.runs.get(parts[1], 0) + 1
+        elif parts[0] == "done":
+            report.done.append((int(parts[1]), float(parts[2])))
     return report
+
+
+def count_lines(path: Path) -> int:
+    """Lines in a report file so far (cheap enough to poll)."""
+    try:
+        with open(path, "rb") as handle:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
 
 
 def has_stamps(path: Path, labels: Iterable[str]) -> Callable[[], bool]:

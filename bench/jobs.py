@@ -67,3 +67,25 @@ def io_sleep(path: str, key: str, seq: int, seconds: float) -> None:
 def latency(path: str, sent_at: float) -> None:
     """Record ``lat SECONDS``: wall time from just before the enqueue to this job's start."""
     _append(path, f"lat {time.time() - sent_at:.6f}\n")
+
+
+def count(path: str, seq: int) -> None:
+    """Record ``run SEQ``: one line per run, so a report counts runs per job."""
+    _append(path, f"run {seq}\n")
+
+
+def slow_once(path: str, marker: str, seconds: float) -> None:
+    """Sleep ``seconds`` the first time only (``marker`` records it); record ``run slow``."""
+    first = not os.path.exists(marker)
+    if first:
+        _append(marker, "started\n")
+    _append(path, "run slow\n")
+    if first:
+        time.sleep(seconds)
+        _append(path, f"stamp slow-end {time.monotonic():.6f} {os.getpid()} 0 0 0\n")
+
+
+def sleep_done(path: str, seconds: float) -> None:
+    """Sleep ``seconds``; record ``done PID END`` (monotonic): which process ran it, and when."""
+    time.sleep(seconds)
+    _append(path, f"done {os.getpid()} {time.monotonic():.6f}\n")

@@ -27,6 +27,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "enqueue-many": ("enqueue-many", "`queue.enqueue_many` of no-op jobs"),
     "enqueue-single": ("enqueue-single", "single durable `queue.enqueue`"),
     "io": ("io-c64", "kq worker, concurrency 64, 20 ms IO-bound jobs"),
+    "concurrency": ("conc-unkeyed-c8", "kq worker, concurrency 8, no-op jobs"),
     "latency": ("latency-kq", "kq worker at 200 jobs/s"),
     "rss": ("rss", "kq worker draining the large backlog"),
 }

@@ -17,9 +17,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bench.scenarios import Settings
 
-README_START = "<!-- bench:start -->"
-README_END = "<!-- bench:end -->"
-
 
 @dataclass
 class Results:
@@ -46,6 +43,8 @@ class Row:
     unit: str
     target: str
     met: bool | None  # None: no target, or not measured
+    table: str = ""  # which table: "" the main one, else its title
+    measured_ref: bool = True  # False: ref_label states the ideal, nothing is measured
 
     @property
     def ratio(self) -> float | None:
@@ -62,9 +61,15 @@ def fmt(value: float | None, unit: str) -> str:
     if unit == "/s":
         return f"{value:,.0f}/s" if value >= 100 else f"{value:,.1f}/s"
     if unit == "ms":
-        return f"{value:.1f} ms"
+        return f"{value:,.1f} ms"
     if unit == "MB":
         return f"{value:.0f} MB"
+    if unit == "jobs":
+        return f"{value:,.0f} jobs"
+    if unit == "records":
+        return f"{value:.2f}"
+    if unit == "x":
+        return "∞ (a partition got none)" if value == float("inf") else f"{value:.3f}x"
     return f"{value:g} {unit}"
 
 
@@ -107,8 +112,11 @@ def _order_kept(results: Results, concurrency: int) -> bool | None:
     return None if not runs else all(not problems for problems in runs)
 
 
-def build_rows(results: Results, rss_count: int, max_in_flight: int) -> list[Row]:
-    """The table, from the medians of every metric."""
+def build_rows(results: Results, settings: Settings) -> list[Row]:
+    """The tables, from the medians of every metric."""
+    from bench.report_growth import growth_rows
+
+    rss_count, max_in_flight = settings.rss, settings.max_in_flight
     m = results.median
     rows: list[Row] = []
 
@@ -219,7 +227,7 @@ def build_rows(results: Results, rss_count: int, max_in_flight: int) -> list[Row
         "flat: ≤ 1.10x",
         lambda r: _at_most(r.ratio, 1.10),
     )
-    return rows
+    return rows + growth_rows(results, settings)
 
 
 def detail_lines(results: Results) -> list[str]:
@@ -265,6 +273,9 @@ def detail_lines(results: Results) -> list[str]:
         for problems in results.details.get(f"io.c{concurrency}.order", []):
             for problem in problems:
                 lines.append(f"Key order at concurrency {concurrency}: {problem}")
+    from bench.report_growth import growth_details
+
+    lines += growth_details(results)
     per_run = ", ".join(
         f"{metric} [{'; '.join(_short(v) for v in values)}]"
         for metric, values in sorted(results.values.items())
@@ -375,7 +386,7 @@ _COLUMNS = ("scenario", "kq", "reference (same run)", "ratio", "target", "met")
 
 
 def _cells(row: Row) -> list[str]:
-    ref = f"{row.ref_label}: {fmt(row.ref, row.unit)}"
+    ref = f"{row.ref_label}: {fmt(row.ref, row.unit)}" if row.measured_ref else row.ref_label
     return [
         row.scenario,
         fmt(row.kq, row.unit),
@@ -386,6 +397,14 @@ def _cells(row: Row) -> list[str]:
     ]
 
 
+def _tables(rows: list[Row]) -> list[tuple[str, list[Row]]]:
+    """Rows grouped by table, in order of first appearance."""
+    tables: dict[str, list[Row]] = {}
+    for row in rows:
+        tables.setdefault(row.table, []).append(row)
+    return list(tables.items())
+
+
 def text_table(rows: list[Row], meta: Meta, details: list[str], settings: Settings) -> str:
     """The plain-text report for stdout."""
     cells = [[c.replace("`", "").replace("**", "") for c in _cells(r)] for r in rows]
@@ -394,14 +413,19 @@ def text_table(rows: list[Row], meta: Meta, details: list[str], settings: Settin
     def line(values: list[str] | tuple[str, ...]) -> str:
         return "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
 
-    out = [*meta.header(), "", line(_COLUMNS), line(["-" * w for w in widths])]
-    out += [line(c) for c in cells]
+    out = [*meta.header()]
+    for title, group in _tables(rows):
+        out += ["", title.replace("`", "").replace("**", "")] if title else [""]
+        out += [line(_COLUMNS), line(["-" * w for w in widths])]
+        out += [line([c.replace("`", "").replace("**", "") for c in _cells(r)]) for r in group]
     out += ["", *details, "", "How measured:", *(f"- {line}" for line in method(settings))]
     return "\n".join(out)
 
 
 def method(settings: Settings) -> list[str]:
     """How each figure is measured (with this run's counts)."""
+    from bench.report_growth import growth_method
+
     s = settings
     io_counts = ", ".join(f"{s.io_per_lane * c:,}" for c in (1, 8, 64))
     latency_jobs = int(s.latency_rate * s.latency_seconds)
@@ -427,6 +451,7 @@ def method(settings: Settings) -> list[str]:
         "started together, first job to last job across both.",
         f"Memory: one run; VmRSS reported by jobs at points of a {s.rss:,}-job backlog, "
         "VmHWM (peak) and /proc samples every 0.25 s.",
+        *growth_method(s),
     ]
 
 
@@ -435,10 +460,13 @@ def markdown(rows: list[Row], meta: Meta, details: list[str], settings: Settings
     out = []
     for line in meta.header():
         out += [line, ""]
-    out.append("| " + " | ".join(_COLUMNS) + " |")
-    out.append("| " + " | ".join(["---"] * len(_COLUMNS)) + " |")
-    for row in rows:
-        out.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(row)) + " |")
+    for title, group in _tables(rows):
+        if title:
+            out += ["", f"**{title}**", ""]
+        out.append("| " + " | ".join(_COLUMNS) + " |")
+        out.append("| " + " | ".join(["---"] * len(_COLUMNS)) + " |")
+        for row in group:
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(row)) + " |")
     out += ["", "How measured:", ""]
     out += [f"- {line}" for line in method(settings)]
     out += ["", "Details of this run:", ""]
@@ -446,11 +474,12 @@ def markdown(rows: list[Row], meta: Meta, details: list[str], settings: Settings
     return "\n".join(out)
 
 
-def write_readme(readme: Path, section: str) -> None:
-    """Replace what is between the bench markers in the README, nothing else."""
+def write_readme(readme: Path, section: str, marker: str = "bench") -> None:
+    """Replace what is between the README's ``<!-- MARKER:start/end -->`` lines, nothing else."""
     text = readme.read_text()
-    start, end = text.find(README_START), text.find(README_END)
+    opening, closing = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    start, end = text.find(opening), text.find(closing)
     if start < 0 or end < start:
-        raise SystemExit(f"{readme} has no {README_START} ... {README_END} section")
-    before = text[: start + len(README_START)]
+        raise SystemExit(f"{readme} has no {opening} ... {closing} section")
+    before = text[: start + len(opening)]
     readme.write_text(f"{before}\n{section}\n{text[end:]}")

@@ -4,6 +4,7 @@ Run as a script from ``bench/``::
 
     run_enqueue.py MODE --bootstrap B --topic T --count N [--client C]
     run_enqueue.py paced-kq|paced-raw --bootstrap B --topic T --rate R --seconds S --path F
+    run_enqueue.py paced-batch --bootstrap B --topic T --rate R --seconds S --path F
 
 Modes: ``single`` (``queue.enqueue`` one at a time, each durable on return),
 ``batch`` (``with queue.batch() as b: b.enqueue(...)``), ``many``
@@ -11,7 +12,9 @@ Modes: ``single`` (``queue.enqueue`` one at a time, each durable on return),
 ``produce`` of the same bytes, pre-serialized, then ``flush``, with kq's
 producer settings). The paced modes enqueue ``jobs.latency`` jobs at a steady
 rate for the latency benchmark: through ``queue.enqueue`` or through a raw
-``produce`` + ``flush`` per job. Prints ``RESULT {json}``.
+``produce`` + ``flush`` per job. ``paced-batch`` (the soak) enqueues
+``jobs.count(path, seq)`` jobs at a steady rate, a ``queue.batch()`` every
+tenth of a second. Prints ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -132,10 +135,32 @@ def paced(args: argparse.Namespace) -> int:
     return total
 
 
+def paced_batches(args: argparse.Namespace) -> int:
+    """``jobs.count`` jobs at ``args.rate`` per second for ``args.seconds``: one batch per 0.1 s."""
+    queue = Queue.connect(args.bootstrap, args.topic, client=args.client)
+    total = int(args.rate * args.seconds)
+    per_tick = max(1, int(args.rate / 10))
+    start = time.monotonic()
+    sent = 0
+    tick = 0
+    while sent < total:
+        delay = start + tick * 0.1 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        with queue.batch() as batch:
+            for seq in range(sent, min(sent + per_tick, total)):
+                batch.enqueue(jobs.count, args.path, seq)
+        sent = min(sent + per_tick, total)
+        tick += 1
+    return sent
+
+
 def main() -> None:
     """Parse the arguments, enqueue, report."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["single", "batch", "many", "raw", "paced-kq", "paced-raw"])
+    parser.add_argument(
+        "mode", choices=["single", "batch", "many", "raw", "paced-kq", "paced-raw", "paced-batch"]
+    )
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--client", default="confluent", choices=["confluent", "kafka-python"])
@@ -147,7 +172,7 @@ def main() -> None:
     _child.die_with_parent()
     if args.mode.startswith("paced"):
         started = time.monotonic()
-        sent = paced(args)
+        sent = paced_batches(args) if args.mode == "paced-batch" else paced(args)
         _child.emit({"count": sent, "seconds": time.monotonic() - started})
     else:
         seconds, cpu_seconds = timed(args)

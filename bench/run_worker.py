@@ -5,10 +5,11 @@ Run as a script from ``bench/`` (so ``jobs`` is importable by that name)::
     run_worker.py MODE --bootstrap B --topic T --group G [--max N] [--gate] ...
 
 MODE is ``kq`` (``--client confluent|kafka-python``, ``--concurrency``,
-``--max-in-flight``), ``raw`` (``consume`` in batches, ``dill.loads``, call:
-the ceiling of any Python worker on this client) or ``raw-poll`` (one ``poll``
-per message: the raw loop tuned for latency rather than throughput). Without
-``--max`` the worker runs until SIGTERM. Prints ``RESULT {json}`` at the end.
+``--max-in-flight``, ``--head-of-line-limit``, ``--no-exact-resume``,
+``--no-scheduling``), ``raw`` (``consume`` in batches, ``dill.loads``, call:
+the ceiling of any Python worker on this client) or ``raw-poll`` (one
+``poll`` per message: the raw loop tuned for latency rather than throughput).
+Without ``--max`` the worker runs until SIGTERM. Prints ``RESULT {json}`` at the end.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def run_kq(args: argparse.Namespace) -> int:
         client=args.client,
         concurrency=args.concurrency,
         max_in_flight=args.max_in_flight,
+        head_of_line_limit=args.head_of_line_limit,
+        exact_resume=not args.no_exact_resume,
+        scheduling=not args.no_scheduling,
     )
     if args.gate:
         _child.wait_for_go()
@@ -95,6 +99,9 @@ def main() -> None:
     parser.add_argument("--client", default="confluent", choices=["confluent", "kafka-python"])
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--max-in-flight", type=int, default=1000)
+    parser.add_argument("--head-of-line-limit", type=int, default=10_000)
+    parser.add_argument("--no-exact-resume", action="store_true")
+    parser.add_argument("--no-scheduling", action="store_true", help="no delay forwarder")
     parser.add_argument("--max", type=int, default=None)
     parser.add_argument("--gate", action="store_true", help="start on a line on stdin")
     args = parser.parse_args()

@@ -66,6 +66,13 @@ class Settings:
     latency_seconds: float
     scaling: int
     rss: int
+    concurrency_jobs: int
+    partition_jobs: int
+    head_of_line_limit: int
+    mid_drain_jobs: int
+    behind_jobs: int
+    slow_seconds: float
+    delay_jobs: int
     max_in_flight: int = 1000
 
     @classmethod
@@ -84,6 +91,13 @@ class Settings:
             latency_seconds=5.0,
             scaling=300_000,
             rss=1_000_000,
+            concurrency_jobs=200_000,
+            partition_jobs=200_000,
+            head_of_line_limit=10_000,
+            mid_drain_jobs=100_000,
+            behind_jobs=200_000,
+            slow_seconds=10.0,
+            delay_jobs=20_000,
         )
 
     @classmethod
@@ -102,6 +116,13 @@ class Settings:
             latency_seconds=3.0,
             scaling=100_000,
             rss=100_000,
+            concurrency_jobs=50_000,
+            partition_jobs=50_000,
+            head_of_line_limit=2_000,
+            mid_drain_jobs=20_000,
+            behind_jobs=50_000,
+            slow_seconds=5.0,
+            delay_jobs=5_000,
         )
 
 

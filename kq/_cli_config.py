@@ -33,6 +33,8 @@ ENV: Mapping[str, str] = {
     "client_config_file": "KQ_CLIENT_CONFIG_FILE",
     "connect_timeout": "KQ_CONNECT_TIMEOUT",
     "log_level": "KQ_LOG_LEVEL",
+    "log_jobs": "KQ_LOG_JOBS",
+    "summary_interval": "KQ_SUMMARY_INTERVAL",
     "app": "KQ_APP",
     "callback": "KQ_CALLBACK",
     "deserializer": "KQ_DESERIALIZER",

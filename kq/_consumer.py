@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from kq._checks import fail_type, fail_value
@@ -72,9 +72,20 @@ class ConsumerAdapter(Protocol):
         """Fetch ``tp`` from ``offset`` next (raises if the client refuses)."""
 
     def commit(
-        self, offsets: dict[TopicPartition, int], asynchronous: bool, timeout: float = 10.0
+        self,
+        offsets: dict[TopicPartition, int],
+        asynchronous: bool,
+        timeout: float = 10.0,
+        metadata: Mapping[TopicPartition, str] | None = None,
     ) -> None:
-        """Commit ``offsets``; a synchronous commit raises when it fails (within ``timeout``)."""
+        """Commit ``offsets`` (with a metadata string for some); a synchronous commit
+        raises when it fails (within ``timeout``)."""
+
+    def read_committed(
+        self, partitions: Iterable[TopicPartition], timeout: float
+    ) -> dict[TopicPartition, tuple[int, str]]:
+        """The group's committed offset and its metadata ("" if none) per partition
+        that has one; raises if the cluster does not answer within ``timeout``."""
 
     def failed_commits(self) -> list[dict[TopicPartition, int]]:
         """Asynchronous commits the client reported as failed since the last call."""
@@ -210,12 +221,17 @@ class _KafkaPythonConsumer:
         self.client.seek(KTP(tp[0], tp[1]), offset)
 
     def commit(
-        self, offsets: dict[TopicPartition, int], asynchronous: bool, timeout: float = 10.0
+        self,
+        offsets: dict[TopicPartition, int],
+        asynchronous: bool,
+        timeout: float = 10.0,
+        metadata: Mapping[TopicPartition, str] | None = None,
     ) -> None:
         from kafka import OffsetAndMetadata, TopicPartition
 
+        notes = metadata or {}
         data = {
-            TopicPartition(t, p): OffsetAndMetadata(offset, "", -1)
+            TopicPartition(t, p): OffsetAndMetadata(offset, notes.get((t, p), ""), -1)
             for (t, p), offset in offsets.items()
         }
         if asynchronous or self._in_listener:
@@ -228,6 +244,18 @@ class _KafkaPythonConsumer:
             self.client.commit_async(offsets=data, callback=done)
         else:
             self.client.commit(offsets=data, timeout_ms=int(timeout * 1000))
+
+    def read_committed(
+        self, partitions: Iterable[TopicPartition], timeout: float
+    ) -> dict[TopicPartition, tuple[int, str]]:
+        from kafka import TopicPartition as KTP
+
+        out: dict[TopicPartition, tuple[int, str]] = {}
+        for t, p in partitions:
+            found = self.client.committed(KTP(t, p), metadata=True, timeout_ms=int(timeout * 1000))
+            if found is not None and found.offset >= 0:
+                out[(t, p)] = (int(found.offset), found.metadata or "")
+        return out
 
     def failed_commits(self) -> list[dict[TopicPartition, int]]:
         failed = []
@@ -413,12 +441,20 @@ class _ConfluentConsumer:
         self.client.seek(CTP(tp[0], tp[1], offset))
 
     def commit(
-        self, offsets: dict[TopicPartition, int], asynchronous: bool, timeout: float = 10.0
+        self,
+        offsets: dict[TopicPartition, int],
+        asynchronous: bool,
+        timeout: float = 10.0,
+        metadata: Mapping[TopicPartition, str] | None = None,
     ) -> None:
         from confluent_kafka import KafkaException
         from confluent_kafka import TopicPartition as CTP
 
-        tps = [CTP(t, p, offset) for (t, p), offset in offsets.items()]
+        notes = metadata or {}
+        tps = [
+            CTP(t, p, offset, notes[(t, p)]) if (t, p) in notes else CTP(t, p, offset)
+            for (t, p), offset in offsets.items()
+        ]
         if not tps:
             return
         # keeps an auto-committing consumer from committing anything else
@@ -427,6 +463,21 @@ class _ConfluentConsumer:
         for tp in result or ():
             if tp.error is not None:  # a synchronous commit's per-partition outcome
                 raise KafkaException(tp.error)
+
+    def read_committed(
+        self, partitions: Iterable[TopicPartition], timeout: float
+    ) -> dict[TopicPartition, tuple[int, str]]:
+        from confluent_kafka import KafkaException
+        from confluent_kafka import TopicPartition as CTP
+
+        found = self.client.committed([CTP(t, p) for t, p in partitions], timeout=timeout)
+        out: dict[TopicPartition, tuple[int, str]] = {}
+        for tp in found:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+            if tp.offset >= 0:
+                out[(tp.topic, tp.partition)] = (int(tp.offset), tp.metadata or "")
+        return out
 
     def failed_commits(self) -> list[dict[TopicPartition, int]]:
         # librdkafka keeps an asynchronous commit made while the coordinator is

@@ -2,13 +2,16 @@
 
 One per worker, in a thread of its own, in the consumer group shared by every
 forwarder of the topic (``kq.schedule.forwarder_group``); see ``kq.schedule``
-for the tiers and the clock model. Per tier partition, records are taken in
-order and each has its own outcome:
+for the tiers and the clock model. Each tier partition is read on as records
+arrive, and each record has its own outcome:
 
-- not ready yet: the partition is paused (sought back to it) until it is;
-- sent (home, or to the next tier): done; records behind one whose send failed
-  are remembered as delivered, so they are not sent again when the partition is
-  read again from the failed one;
+- not ready yet: it waits in memory (``kq._forwarder_state``) until it is,
+  without holding back the records behind it (they are due at other times);
+- sent (home, or to the next tier): done; records done behind one still
+  waiting, or whose send failed, are remembered as delivered (in this process
+  and in the partition's commit metadata), so they are not sent again when
+  the partition is read again from an earlier offset, by this forwarder or by
+  one that takes the partition over;
 - refused for good (too large for the home topic, a home partition that does
   not exist, headers naming no home or a home other than the forwarder's own
   job topic): dead-lettered with the reason;
@@ -19,7 +22,9 @@ It reads only its own topic's tiers and writes only to its own job topic, its
 tiers and its dead-letter topic: a record cannot use the worker's credentials
 to reach any other topic, whatever its ``kq-topic`` says.
 
-The partition's offset is committed up to its first record not done. If the
+The partition's offset is committed up to its first record not done (a
+record waiting, or one whose send failed), with the records delivered above
+it in the commit's metadata (``kq._resume``'s format). If the
 thread dies of anything (a refused setting, a client error), it is restarted
 with a growing backoff; its ``state`` and ``restarts`` are visible (``kq.delay``
 log, ``kq.metrics``, ``kq info``).
@@ -29,14 +34,15 @@ from __future__ import annotations
 
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from kq._forwarder_state import Partitions, Waiting, one_line, permanent, too_large
 from kq._logs import DELAY
 from kq._producer import ProducerAdapter, Record
+from kq._resume import decode, encode, intervals
 from kq.retry import (
     H_DUE,
     H_ERROR,
@@ -68,10 +74,9 @@ __all__ = ["Forwarder", "forwarders"]
 _FORWARDERS: weakref.WeakSet[Forwarder] = weakref.WeakSet()
 _RESTART_MAX = 30.0  # seconds between restarts of a forwarder that keeps dying
 _RETRY_MAX_MS = 5000  # longest pause of a partition whose sends keep failing
-
-# Producer errors no retry can cure: the record is dead-lettered with the reason.
-_TOO_LARGE = ("MSG_SIZE_TOO_LARGE", "MessageSizeTooLarge", "RecordTooLarge", "RECORD_TOO_LARGE")
-_PERMANENT = (*_TOO_LARGE, "INVALID_RECORD", "InvalidRecord", "_UNKNOWN_PARTITION")
+# Records that become ready are taken in groups at most this often (ms): each
+# group costs a produce round trip and a commit, not each record.
+_GATHER_MS = 50
 
 TP = tuple[str, int]
 
@@ -79,39 +84,6 @@ TP = tuple[str, int]
 def forwarders(topic: str | None = None) -> list[Forwarder]:
     """The forwarders of this process (of ``topic``), for metrics and health checks."""
     return [f for f in list(_FORWARDERS) if topic is None or f.topic == topic]
-
-
-def _too_large(error: BaseException) -> bool:
-    text = f"{type(error).__name__} {error}"
-    return any(mark in text for mark in _TOO_LARGE)
-
-
-def _permanent(error: BaseException) -> bool:
-    text = f"{type(error).__name__} {error}"
-    return any(mark in text for mark in _PERMANENT)
-
-
-def _one_line(error: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(error), error)).strip()
-
-
-@dataclass
-class _Partitions:
-    """What one run of the forwarder knows about its tier partitions."""
-
-    held: dict[TP, int] = field(default_factory=dict)  # paused -> when to resume (ms)
-    anchors: dict[TP, tuple[int, int]] = field(default_factory=dict)  # (offset, first read)
-    failures: dict[TP, int] = field(default_factory=dict)  # consecutive failed rounds
-    # Sent and acknowledged, behind a record whose send failed, so not committed
-    # yet. Kept across rebalances and restarts: a record this forwarder delivered
-    # needs no second delivery, whoever owned its partition meanwhile.
-    delivered: dict[TP, set[int]] = field(default_factory=dict)
-
-    def forget(self, tps: list[TP]) -> None:
-        """A new consumer or assignment: nothing is paused or anchored any more."""
-        for tp in tps:
-            for table in (self.held, self.anchors, self.failures):
-                table.pop(tp, None)
 
 
 @dataclass
@@ -156,7 +128,7 @@ class Forwarder:
         self.last_error: str | None = None
         self.forwarded = 0
         self.dead_lettered = 0
-        self._parts = _Partitions()
+        self._parts = Partitions()
         _FORWARDERS.add(self)
 
     def start(self) -> None:
@@ -190,7 +162,7 @@ class Forwarder:
                 failures = 1 if time.monotonic() - started > 60 else failures + 1
                 backoff = min(0.5 * 2 ** (failures - 1), _RESTART_MAX)
                 self.restarts += 1
-                self.last_error = _one_line(exc)
+                self.last_error = one_line(exc)
                 self.state = "restarting"
                 DELAY.error(
                     "Delay forwarder for %s stopped: %s; restarting in %.1f s (restart %d)",
@@ -222,13 +194,14 @@ class Forwarder:
             }
         )
         parts = self._parts
-        parts.forget(list({*parts.held, *parts.anchors, *parts.failures}))
+        parts.forget(list({*parts.held, *parts.anchors, *parts.failures, *parts.waiting}))
 
         def forget(_consumer: Any, partitions: list[Any]) -> None:
             parts.forget([(tp.topic, tp.partition) for tp in partitions])
 
         def assigned(assigned_to: Any, partitions: list[Any]) -> None:
             forget(assigned_to, partitions)
+            parts.unread.update((tp.topic, tp.partition) for tp in partitions)
             assigned_to.assign(partitions)
             # librdkafka keeps a partition's pause flag across a rebalance: one
             # held before it would otherwise never be fetched again.
@@ -244,8 +217,13 @@ class Forwarder:
             )
             while not self._stop.is_set():
                 self._resume_ready(consumer, parts)
-                messages = consumer.consume(num_messages=500, timeout=0.2)
-                if messages:
+                timeout = 0.2
+                ready = parts.next_ready()
+                if ready is not None:
+                    timeout = min(max(ready - now_ms(), _GATHER_MS), 200) / 1000
+                messages = consumer.consume(num_messages=500, timeout=timeout)
+                ready = parts.next_ready()
+                if messages or (ready is not None and ready <= now_ms()):
                     self._handle(consumer, messages, parts)
         finally:
             try:
@@ -254,7 +232,7 @@ class Forwarder:
                 DELAY.warning("Closing the delay forwarder failed: %s", exc)
 
     @staticmethod
-    def _resume_ready(consumer: Any, parts: _Partitions) -> None:
+    def _resume_ready(consumer: Any, parts: Partitions) -> None:
         from confluent_kafka import TopicPartition
 
         now = now_ms()
@@ -266,23 +244,40 @@ class Forwarder:
 
     # -- one batch -----------------------------------------------------------
 
-    def _handle(self, consumer: Any, messages: list[Any], parts: _Partitions) -> None:
+    def _handle(self, consumer: Any, messages: list[Any], parts: Partitions) -> None:
         now = now_ms()
+        if parts.unread:
+            self._read_delivered(consumer, parts, {(m.topic(), m.partition()) for m in messages})
         items: list[_Item] = []
         for m in messages:
             if m.error() is not None:
                 continue
             tp = (m.topic(), m.partition())
             if tp in parts.held:
-                continue  # behind a record that is not ready: fetched again on resume
-            item = _Item(tp, m.offset(), message=m)
-            if item.offset in parts.delivered.get(tp, ()):
-                item.done = True  # sent before a record ahead of it failed
+                continue  # behind a record whose send failed: fetched again on resume
+            offset = m.offset()
+            parts.read(tp, offset)
+            if parts.is_waiting(tp, offset):
+                continue  # read again after a seek; it waits here already
+            item = _Item(tp, offset, message=m)
+            if offset in parts.delivered.get(tp, ()):
+                item.done = True  # sent before (behind a record that waited or failed)
             else:
-                ready_at = self._plan(item, now, parts)
+                read_at = self._read_at(tp, offset, m, now, parts)
+                ready_at = self._plan(item, now, read_at)
                 if ready_at is not None:
-                    self._hold(consumer, parts, tp, item.offset, ready_at)
+                    size = len(m.value() or b"") + len(m.key() or b"") + 256
+                    parts.wait(tp, offset, Waiting(ready_at, m, read_at, size))
                     continue
+            items.append(item)
+        for tp, offset, entry in parts.ready(now):
+            item = _Item(tp, offset, message=entry.message)
+            self._plan(item, now, entry.read_at, early=True)
+            items.append(item)
+        for tp, offset, entry in parts.overflow():
+            # over the bounds: written again to the tier for the time it has left
+            item = _Item(tp, offset, message=entry.message)
+            self._plan(item, now, entry.read_at, early=True)
             items.append(item)
         if not items:
             return
@@ -290,8 +285,28 @@ class Forwarder:
         self._dead_letter([i for i in items if i.dead is not None and i.error is None], now)
         self._settle(consumer, items, parts, now)
 
-    def _plan(self, item: _Item, now: int, parts: _Partitions) -> int | None:
-        """Fill ``item.record`` or ``item.dead``; or return when the record will be ready."""
+    @staticmethod
+    def _read_at(tp: TP, offset: int, m: Any, now: int, parts: Partitions) -> int:
+        """When the record was first read (its anchor if its writer's clock was ahead)."""
+        seen = parts.anchors.get(tp)
+        if seen is not None and seen[0] == offset:
+            return seen[1]
+        headers = dict(m.headers() or [])
+        try:
+            stamp = int(headers[H_WRITTEN]) if H_WRITTEN in headers else int(m.timestamp()[1])
+        except (TypeError, ValueError):
+            return now
+        if stamp > now:
+            # From a clock ahead of ours: it counts from now, and must go on
+            # counting from this now when the partition is read again.
+            parts.anchors[tp] = (offset, now)
+        return now
+
+    def _plan(self, item: _Item, now: int, read_at: int, early: bool = False) -> int | None:
+        """Fill ``item.record`` or ``item.dead``; or return when the record will be ready.
+
+        ``early``: it goes now whether ready or not (to its tier again if not due).
+        """
         m = item.message
         headers = {k: v for k, v in (m.headers() or []) if v is not None}
         try:
@@ -310,18 +325,8 @@ class Forwarder:
                 f" only to {self.topic!r}"
             )
             return None
-        tp = item.tp
-        seen = parts.anchors.get(tp)
-        if seen is not None and seen[0] == item.offset:
-            read_at = seen[1]
-        else:
-            read_at = now
-            if stamp > now:
-                # From a clock ahead of ours: it counts from now, and must go on
-                # counting from this now when the partition is read again.
-                parts.anchors[tp] = (item.offset, now)
-        when = timing(tier_of(tp[0]) or 0, stamp, due, read_at)
-        if when.ready > now:
+        when = timing(tier_of(item.tp[0]) or 0, stamp, due, read_at)
+        if when.ready > now and not early:
             return when.ready
         value, key = m.value() or b"", m.key()
         if when.due <= now + DUE_SLACK_MS:
@@ -332,7 +337,33 @@ class Forwarder:
         return None
 
     @staticmethod
-    def _hold(consumer: Any, parts: _Partitions, tp: TP, offset: int, until: int) -> None:
+    def _read_delivered(consumer: Any, parts: Partitions, fetched: set[TP]) -> None:
+        """Newly assigned partitions: what their last commit says was delivered above it."""
+        from confluent_kafka import TopicPartition
+
+        tps = fetched & parts.unread
+        if not tps:
+            return
+        parts.unread -= tps
+        try:
+            found = consumer.committed([TopicPartition(t, p) for t, p in sorted(tps)], timeout=10)
+        except Exception as exc:
+            DELAY.warning(
+                "Could not read the delay forwarder's last commit of %s (records it delivered"
+                " after its offset may be delivered again): %s",
+                sorted(tps),
+                exc,
+            )
+            return
+        for tp in found:
+            known = decode(tp.metadata, tp.offset) if tp.offset >= 0 else None
+            if known is not None:
+                delivered = parts.delivered.setdefault((tp.topic, tp.partition), set())
+                for start, end in known.after(tp.offset - 1):
+                    delivered.update(range(start, end))
+
+    @staticmethod
+    def _hold(consumer: Any, parts: Partitions, tp: TP, offset: int, until: int) -> None:
         from confluent_kafka import TopicPartition
 
         parts.held[tp] = until
@@ -354,7 +385,7 @@ class Forwarder:
             # topic's max.message.bytes: each such record is tried alone, so
             # that only the big ones are found too large.
             for item in items:
-                if item.error is not None and _too_large(item.error) and item.record is not None:
+                if item.error is not None and too_large(item.error) and item.record is not None:
                     try:
                         item.error = self._producer.send_all([item.record], self._delivery_timeout)[
                             0
@@ -365,13 +396,13 @@ class Forwarder:
             if item.error is None:
                 item.done = True
                 self.forwarded += 1
-            elif _permanent(item.error) and item.record is not None:
+            elif permanent(item.error) and item.record is not None:
                 size = record_size(item.record.key, item.record.value, item.record.headers)
                 item.dead = (
                     f"cannot be delivered to {item.record.topic}"
                     f"{'' if item.record.partition is None else f'[{item.record.partition}]'}"
                     f" ({size} bytes; a topic takes at most its max.message.bytes):"
-                    f" {_one_line(item.error)}"
+                    f" {one_line(item.error)}"
                 )
                 item.error = None
 
@@ -416,7 +447,7 @@ class Forwarder:
             self._dead_topic, m.value() or b"", m.key(), None, now, tuple(headers.items())
         )
 
-    def _settle(self, consumer: Any, items: list[_Item], parts: _Partitions, now: int) -> None:
+    def _settle(self, consumer: Any, items: list[_Item], parts: Partitions, now: int) -> None:
         """Commit each partition up to its first record not done; hold the rest for a retry."""
         from confluent_kafka import TopicPartition
 
@@ -428,12 +459,11 @@ class Forwarder:
             mine.sort(key=lambda i: i.offset)
             failed = next((i for i in mine if not i.done), None)
             delivered = parts.delivered.setdefault(tp, set())
+            delivered.update(i.offset for i in mine if i.done)
             if failed is None:
-                upto = mine[-1].offset + 1
                 parts.failures.pop(tp, None)
             else:
-                upto = failed.offset
-                delivered.update(i.offset for i in mine if i.done and i.offset > upto)
+                parts.position[tp] = min(parts.position.get(tp, failed.offset), failed.offset)
                 count = parts.failures.get(tp, 0) + 1
                 parts.failures[tp] = count
                 backoff = min(500 * 2 ** min(count - 1, 8), _RETRY_MAX_MS)
@@ -442,18 +472,28 @@ class Forwarder:
                     tp[0],
                     tp[1],
                     failed.offset,
-                    _one_line(failed.error) if failed.error is not None else "unknown",
+                    one_line(failed.error) if failed.error is not None else "unknown",
                     backoff / 1000,
                 )
-                self._hold(consumer, parts, tp, failed.offset, now + backoff)
+                # read again from the lowest record not done: an earlier failure of
+                # this partition may still wait for its retry below this one
+                self._hold(consumer, parts, tp, parts.position[tp], now + backoff)
+            upto = parts.commit_point(tp)
+            if upto is None:
+                continue
             delivered.difference_update([o for o in delivered if o < upto])
             anchor = parts.anchors.get(tp)
             if anchor is not None and anchor[0] < upto:
                 del parts.anchors[tp]
-            if upto > mine[0].offset:
-                commits.append(TopicPartition(tp[0], tp[1], upto))
+            # records delivered that do not fit in the metadata would go again after a takeover
+            text, _left_out = encode(upto, intervals(delivered))
+            if parts.committed.get(tp) != (upto, text):
+                parts.committed[tp] = (upto, text)
+                commits.append(TopicPartition(tp[0], tp[1], upto, metadata=text))
         if commits:
             try:
                 consumer.commit(offsets=commits, asynchronous=False)
             except Exception as exc:
+                for refused in commits:  # made again next time
+                    parts.committed.pop((refused.topic, refused.partition), None)
                 DELAY.warning("Committing forwarded delayed jobs failed: %s", exc)

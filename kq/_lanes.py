@@ -46,7 +46,12 @@ class Lanes:
         self._count = count
         self._handle = handle
         self._finished = finished
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        # Job threads wait on ``_work``, ``wait_idle`` on ``_idle``: a job's end
+        # wakes nobody (its thread takes the next ready message itself), and
+        # new messages wake only as many threads as there are messages.
+        self._work = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
         self._closed = False
         self._name = name
         self._threads: list[threading.Thread] = []
@@ -66,23 +71,27 @@ class Lanes:
             thread.start()
             self._threads.append(thread)
 
-    def _enqueue(self, entry: Entry) -> None:
+    def _enqueue(self, entry: Entry) -> bool:
+        """Queue one message (lock held); True if it is ready to start."""
         key = entry[0].key
         if key is None or self._count == 1:  # one thread: arrival order is offset order
             self._ready.append(entry)
-        elif key in self._active:
+            return True
+        if key in self._active:
             self._waiting.setdefault(key, deque()).append(entry)
-        else:
-            self._active.add(key)
-            self._ready.append(entry)
+            return False
+        self._active.add(key)
+        self._ready.append(entry)
+        return True
 
     def submit(self, entries: Iterable[Entry]) -> None:
         """Queue messages with their tags (in offset order per partition)."""
-        with self._cond:
+        with self._lock:
             self._closed = False
             self._ensure_started()
             pending = self._pending
             live = self._live
+            ready = 0
             for entry in entries:
                 m = entry[0]
                 tp = (m.topic, m.partition)
@@ -92,14 +101,17 @@ class Lanes:
                     self._followers.setdefault(coordinates, []).append(entry)
                     continue
                 live.add(coordinates)
-                self._enqueue(entry)
-            self._cond.notify_all()
+                ready += self._enqueue(entry)
+            if ready:
+                # one thread; it wakes the next if more is ready when it takes
+                # its message (see _run): threads join only while work waits
+                self._work.notify()
 
     def discard(self, partitions: Iterable[TopicPartition] | None = None) -> list[Entry]:
         """Remove queued, not yet started messages (of these partitions, or all)."""
         wanted = None if partitions is None else set(partitions)
         removed: list[Entry] = []
-        with self._cond:
+        with self._lock:
             queued = list(self._ready)
             for entries in self._waiting.values():
                 queued.extend(entries)
@@ -121,24 +133,29 @@ class Lanes:
                     for entry in self._followers.pop(coordinates):
                         removed.append(entry)
                         self._release(entry[0])
-            self._cond.notify_all()
+            # rare: re-queued messages may have become ready
+            self._work.notify_all()
         return removed
 
     def busy(self, partitions: Iterable[TopicPartition] | None = None) -> bool:
         """Whether a job of these partitions (or any) is running or queued."""
-        with self._cond:
-            if partitions is None:
-                return bool(self._pending)
-            return any(tp in self._pending for tp in partitions)
+        with self._lock:
+            return self._busy(partitions)
+
+    def _busy(self, partitions: Iterable[TopicPartition] | None) -> bool:
+        if partitions is None:
+            return bool(self._pending)
+        return any(tp in self._pending for tp in partitions)
 
     def _release(self, message: Message) -> None:
-        # with self._cond held: one job of the partition left the pool
+        # with the lock held: one job of the partition left the pool
         tp = (message.topic, message.partition)
         left = self._pending[tp] - 1
         if left:
             self._pending[tp] = left
         else:
             del self._pending[tp]
+            self._idle.notify_all()  # no-op without waiters
 
     def wait_idle(
         self,
@@ -153,37 +170,50 @@ class Lanes:
         """
         parts = None if partitions is None else list(partitions)
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self.busy(parts):
+        with self._lock:
+            while self._busy(parts):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 if interrupt is not None and interrupt.is_set():
                     return False
-                self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+                # bounded: ``interrupt`` is an Event nobody notifies us of
+                self._idle.wait(0.05 if remaining is None else min(remaining, 0.05))
         return True
 
     def close(self) -> None:
         """Let the threads end once nothing is queued."""
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            self._work.notify_all()
 
     def _run(self) -> None:
         me = threading.get_ident()
-        while True:
-            with self._cond:
-                while not self._ready:
+        lock, ready, running = self._lock, self._ready, self._running
+        wait, notify = self._work.wait, self._work.notify
+        lock.acquire()
+        try:
+            while True:
+                # Each message made ready woke one thread, or was made ready
+                # by a thread that takes it here before waiting again: no
+                # ready message is ever left with every thread asleep.
+                while not ready:
                     if self._closed:
                         return
-                    self._cond.wait()
-                entry = self._ready.popleft()
-                self._running[me] = entry
-            completed = self._run_one(entry)
-            with self._cond:
-                del self._running[me]
+                    wait()
+                entry = ready.popleft()
+                running[me] = entry
+                if ready:
+                    notify()  # more waits: wake one more thread (if one sleeps)
+                lock.release()
+                try:
+                    completed = self._run_one(entry)
+                finally:
+                    lock.acquire()
+                del running[me]
                 self._done(entry, completed)
-                self._cond.notify_all()
+        finally:
+            lock.release()
 
     def _run_one(self, entry: Entry) -> bool:
         try:
@@ -202,7 +232,7 @@ class Lanes:
             return True
 
     def _done(self, entry: Entry, completed: bool) -> None:
-        # with self._cond held. The completion is handed over before the
+        # with the lock held. The completion is handed over before the
         # message stops counting as busy: whoever waits for idle lanes (a
         # revoke, the shutdown) finds it when it commits.
         message = entry[0]

@@ -55,6 +55,10 @@ class WorkerSettings:
     reload: bool = False
     lag_interval: float = 5.0
     log_level: str = "INFO"
+    log_jobs: bool = False
+    """KQ's per-job lines on ``kq.worker`` at INFO (otherwise: WARNING and up only)."""
+    summary_interval: float = 60.0
+    """Seconds between summary lines on ``kq.runtime`` (0: none)."""
     index: int | None = None
     """The child's number under the supervisor (also ``KQ_WORKER_INDEX``); None when alone."""
 
@@ -66,6 +70,20 @@ class WorkerSettings:
     def from_json(cls, text: str) -> WorkerSettings:
         """Inverse of ``to_json``."""
         return cls(**json.loads(text))
+
+
+def configure_logging(level: str, log_jobs: bool) -> None:
+    """Log to stderr at ``level``; KQ's per-job lines only if asked (``log_jobs`` or DEBUG).
+
+    Failures, timeouts and invalid messages stay on ``kq.worker`` (at ERROR);
+    what the per-job INFO lines told is in the summary on ``kq.runtime``.
+    """
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format=LOG_FORMAT)
+    jobs = logging.getLogger("kq.worker")
+    if log_jobs or level.upper() == "DEBUG":
+        jobs.setLevel(logging.NOTSET)
+    else:
+        jobs.setLevel(logging.WARNING)
 
 
 def worker_options(settings: WorkerSettings) -> dict[str, Any]:
@@ -161,6 +179,7 @@ def run_worker(settings: WorkerSettings) -> int:
 
 
 def _run(settings: WorkerSettings, running: list[Any]) -> int:
+    from kq._summary import GroupLag, Observers, Summary
     from kq.worker import Worker
 
     options = worker_options(settings)
@@ -168,6 +187,10 @@ def _run(settings: WorkerSettings, running: list[Any]) -> int:
     scheduler_config = {**config, **options.pop("scheduler_config", {})}
     observer = None
     server = None
+    summary = lag = None
+    if settings.summary_interval > 0:
+        lag = GroupLag(settings.bootstrap, config, settings.topic, settings.group)
+        summary = Summary(settings.topic, settings.summary_interval, lag)
     if settings.metrics_port is not None:
         from kq.metrics import PrometheusObserver, serve
 
@@ -182,7 +205,9 @@ def _run(settings: WorkerSettings, running: list[Any]) -> int:
         logging.getLogger("kq.metrics").info(
             "Serving metrics on http://%s:%d/metrics", settings.metrics_host, port
         )
-        options["observer"] = observer
+    if observer is not None or summary is not None:
+        # beside one the user passed in an --app dict
+        options["observer"] = Observers(options.get("observer"), observer, summary)
     worker = Worker.connect(
         settings.bootstrap,
         settings.topic,
@@ -194,10 +219,25 @@ def _run(settings: WorkerSettings, running: list[Any]) -> int:
     if observer is not None:
         observer.watch(worker)
         observer.start_lag_monitor(settings.bootstrap, config, settings.lag_interval)
+    if not logging.getLogger("kq.worker").isEnabledFor(logging.INFO):
+        logging.getLogger("kq.runtime").info(
+            "Running %r: one line per job is off (--log-jobs shows it); %s",
+            worker,
+            f"a summary every {settings.summary_interval:g} s"
+            if summary is not None
+            else "no summary (--summary-interval 0)",
+        )
+    if summary is not None:
+        summary.watch(lambda: worker.in_flight)
+        summary.start()
     running.append(worker)
     try:
         worker.start()
     finally:
+        if summary is not None:
+            summary.stop()
+        if lag is not None:
+            lag.close()
         if observer is not None:
             observer.close()
         if server is not None:
@@ -242,7 +282,7 @@ def _read_settings() -> WorkerSettings:
 
 
 def _child(settings: WorkerSettings) -> int:
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr, format=LOG_FORMAT)
+    configure_logging(settings.log_level, settings.log_jobs)
     _stop_when_stdin_closes()
     from kq._cli_errors import one_line
 

@@ -9,7 +9,6 @@ on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -33,16 +32,12 @@ from kq._cli_local import local_kafka
 from kq._cli_replay import replay
 from kq._cli_topic import topic
 from kq._imports import cwd_on_path
-from kq._worker_run import LOG_FORMAT, WorkerSettings, run_worker, worker_options
+from kq._worker_run import WorkerSettings, configure_logging, run_worker, worker_options
 from kq.version import __version__
 
 __all__ = ["cli", "main"]
 
 _LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format=LOG_FORMAT)
 
 
 # -- the group ---------------------------------------------------------------------
@@ -206,6 +201,22 @@ for command in (enqueue, info, dead_letters, replay, topic, local_kafka):
     show_default=True,
     help=f"[env {ENV['log_level']}]",
 )
+@click.option(
+    "--log-jobs",
+    is_flag=True,
+    envvar=ENV["log_jobs"],
+    help="also log KQ's lines for every job on kq.worker (as --log-level DEBUG does);"
+    f" off: only failures, and a summary on kq.runtime [env {ENV['log_jobs']}]",
+)
+@click.option(
+    "--summary-interval",
+    envvar=ENV["summary_interval"],
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="seconds between summary lines (jobs by outcome, rate, lag) on kq.runtime; 0: none"
+    f" [env {ENV['summary_interval']}]",
+)
 @friendly
 def worker(
     topic: str,
@@ -236,6 +247,8 @@ def worker(
     restart_window: float,
     reload: bool,
     log_level: str,
+    log_jobs: bool,
+    summary_interval: float,
 ) -> int:
     """Run workers for TOPIC until SIGTERM or Ctrl-C (a second one stops at once).
 
@@ -253,7 +266,7 @@ def worker(
         raise click.UsageError(
             f"--metrics-port {metrics_port} leaves no port for {processes} processes"
         )
-    _setup_logging(log_level)
+    configure_logging(log_level, log_jobs)
     with conn.cluster() as cluster:
         cluster.partitions(topic)  # reachable, and the topic exists
     settings = WorkerSettings(
@@ -278,6 +291,8 @@ def worker(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         log_level=log_level.upper(),
+        log_jobs=log_jobs,
+        summary_interval=summary_interval,
         reload=reload,
     )
     worker_options(settings)  # bad import paths fail here, once, before any process starts

@@ -35,3 +35,11 @@ class WorkerObserver(Protocol):
         worker writes it again with backoff and fetches nothing more from the
         partition until it is written. An empty list: none is held any more.
         """
+
+    def partitions_blocked(self, partitions: list[TopicPartition]) -> None:
+        """The partitions now paused at the head-of-line limit (all, each time the set changes).
+
+        A partition is blocked once ``head_of_line_limit`` of its jobs finished
+        behind one that still runs: the worker takes no more of its jobs until
+        that backlog is down to half. An empty list: none is blocked any more.
+        """

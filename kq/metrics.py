@@ -28,7 +28,9 @@ Metrics (labels ``topic`` and ``group`` on each):
   their job names a module the worker cannot import (deploy skew);
 - ``kq_partitions_held``: partitions taking no new jobs because the retry or
   dead letter of one of their jobs cannot be written (delay topics
-  unreachable); alert when it stays above 0.
+  unreachable); alert when it stays above 0;
+- ``kq_partitions_blocked``: partitions paused at the head-of-line limit
+  (``head_of_line_limit`` finished jobs wait behind one still running);
 - ``kq_delay_forwarder_up``: delay forwarders of the topic running in this
   process (0 while one is down and waiting to be restarted);
 - ``kq_delay_forwarder_restarts``: how often they died and were restarted;
@@ -86,6 +88,7 @@ class _Families:
     rebalances: Counter
     unimportable: Counter
     held: Gauge
+    blocked: Gauge
     forwarder_up: Gauge
     forwarder_restarts: Gauge
     forwarded: Gauge
@@ -153,6 +156,13 @@ def _families(registry: CollectorRegistry) -> _Families:
                 base,
                 registry=registry,
             ),
+            blocked=Gauge(
+                "kq_partitions_blocked",
+                "Partitions paused because head_of_line_limit finished jobs wait behind an"
+                " unfinished one",
+                base,
+                registry=registry,
+            ),
             forwarder_up=Gauge(
                 "kq_delay_forwarder_up",
                 "Delay forwarders of the topic running in this process",
@@ -196,6 +206,7 @@ class PrometheusObserver:
         self._m.in_flight.labels(*self._labels).set(0)
         self._m.assigned.labels(*self._labels).set(0)
         self._m.held.labels(*self._labels).set(0)
+        self._m.blocked.labels(*self._labels).set(0)
         self._m.commits.labels(*self._labels)
         for event in ("assigned", "revoked", "lost"):
             self._m.rebalances.labels(*self._labels, event)
@@ -236,6 +247,10 @@ class PrometheusObserver:
     def partitions_held(self, partitions: list[tuple[str, int]]) -> None:
         """How many partitions take no new jobs while a retry write fails."""
         self._m.held.labels(*self._labels).set(len(partitions))
+
+    def partitions_blocked(self, partitions: list[tuple[str, int]]) -> None:
+        """How many partitions are paused at the head-of-line limit."""
+        self._m.blocked.labels(*self._labels).set(len(partitions))
 
     # -- the rest ------------------------------------------------------------
 

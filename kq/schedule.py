@@ -3,15 +3,17 @@
 A job that must wait (``using(delay=...)``, or a failed attempt waiting for its
 retry) is written to one of a few *delay tiers* of its topic,
 ``<topic>.kq-delay-1s`` … ``<topic>.kq-delay-1d``, with its due time, home
-topic (and home partition, if it has one) in headers. In a tier every record
-waits the tier's fixed time after it was written, so records become ready in
-the order they sit in the partition and a forwarder never has to hold back a
-ready record behind one that is not: it pauses a partition exactly until its
-head is ready. A ready record that is due goes back to its home topic; one
-that is not yet due moves to the tier that fits the time left. A job therefore
-runs at most about a second after it is due (the smallest tier), and a wait
-costs one write per tier it passes: a job due in 30 days about 80, never more
-than ``MAX_DELAY`` (365 days) allows.
+topic (and home partition, if it has one) in headers. A job waits in the
+smallest tier whose time covers its wait (a job due in 45 s in the ``1m``
+tier), so a record is ready at its due time, at most its tier's time after
+it was written. Records in one tier partition are therefore ready in no
+particular order: the forwarder reads each partition on as records arrive
+and keeps those not ready yet in memory until they are (bounded; see
+``kq._forwarder_state``), so none waits behind another. A ready record that
+is due goes back to its home topic: one forwarded record per delayed job for
+waits up to a day; a longer wait passes through the ``1d`` tier once a day
+(a job due in 30 days: 31 records), never more than ``MAX_DELAY`` (365 days)
+allows.
 
 **Time.** Every wait is measured on the clock of the forwarder that reads the
 record, from the moment the record was written, which is taken as the earlier
@@ -122,13 +124,13 @@ def forwarder_group(topic: str) -> str:
 
 
 def route(home: str, due_ms: int, now_ms: int) -> str:
-    """The tier a job due at ``due_ms`` waits in now: the largest that is not too long."""
+    """The tier a job due at ``due_ms`` waits in now: the smallest that covers its wait
+    (the largest, ``1d``, for longer waits)."""
     remaining = due_ms - now_ms
-    chosen = TIERS[0][0]
     for suffix, seconds in TIERS:
-        if seconds * 1000 <= remaining:
-            chosen = suffix
-    return delay_topic(home, chosen)
+        if seconds * 1000 >= remaining:
+            return delay_topic(home, suffix)
+    return delay_topic(home, TIERS[-1][0])
 
 
 def _check_delay(seconds: float, what: str) -> None:

@@ -21,12 +21,14 @@ from kq._checks import (
     fail_type,
     fail_value,
 )
+from kq._commits import Committer, is_fatal
 from kq._consumer import TopicPartition, adapt_consumer
+from kq._fetched import give_back, without_revoked
 from kq._lanes import Lanes
 from kq._logs import CONSUMER, RUNTIME
 from kq._loop import EventLoopThread
 from kq._offsets import Generation, OffsetTracker
-from kq._pauses import Pauses
+from kq._pauses import HeadOfLine, Pauses
 from kq._retrying import RetryRouter
 from kq._runner import Callback, InvalidJob, MessageRunner, notify
 from kq.clients import ClientName, login_settings, make_consumer
@@ -41,6 +43,9 @@ __all__ = ["Callback", "InvalidJob", "Worker"]
 # pauses its partitions (and keeps polling, paused, to stay in the group).
 _PAUSE_AFTER = 1.0
 
+# At the cap, how long the loop lets jobs end after one did, before it counts them.
+_GATHER = 0.001
+
 # What the job threads carry with each message: its offsets' generation and
 # kq's headers of the record (taken from the consumer at dispatch).
 _Tag = tuple[Generation, dict[str, bytes] | None]
@@ -53,16 +58,6 @@ _Tag = tuple[Generation, dict[str, bytes] | None]
 # and so `kq worker`'s, which passes none of its own.
 COMMIT_INTERVAL = 0.1
 
-# How long a stopping worker keeps trying to commit what finished while the
-# group rebalances or its coordinator moves (a rebalance takes a few seconds).
-_FINAL_COMMIT_WAIT = 15.0
-
-
-def _is_fatal(exc: BaseException) -> bool:
-    """Client errors a worker cannot outlive (authorization, fatal librdkafka state)."""
-    text = f"{type(exc).__name__} {exc}"
-    return "Authorization" in text or "AUTHORIZATION" in text or "_FATAL" in text
-
 
 class Worker:
     """Fetches jobs from a Kafka topic in a consumer group and runs them.
@@ -71,6 +66,9 @@ class Worker:
     ``Consumer`` with a group id. Offsets are committed only after a job has
     finished and the callback has run (at least once). ``concurrency`` runs up
     to that many jobs at once, never two of the same message key together.
+    ``head_of_line_limit`` pauses a partition once that many of its jobs
+    finished behind one still running; ``exact_resume`` records those in the
+    commit, so a worker taking the partition over does not run them again.
     ``keep_invalid`` writes messages that are not runnable jobs (a function
     the worker cannot import, say) to the dead-letter topic before they are
     committed; by default when ``retry`` or ``dead_letter_topic`` is set.
@@ -95,6 +93,8 @@ class Worker:
         observer: Any = None,
         signing_keys: bytes | str | Sequence[bytes | str] | None = None,
         max_message_bytes: int | None = None,
+        head_of_line_limit: int = 10_000,
+        exact_resume: bool = True,
         keep_invalid: bool | None = None,
     ) -> None:
         check_str(topic, "topic must be a str")
@@ -107,6 +107,12 @@ class Worker:
             fail_value("concurrency must be an int, 1 or greater")
         if not isinstance(max_in_flight, int) or max_in_flight < 1:
             fail_value("max_in_flight must be an int, 1 or greater")
+        if (
+            not isinstance(head_of_line_limit, int)
+            or isinstance(head_of_line_limit, bool)
+            or head_of_line_limit < 1
+        ):
+            fail_value("head_of_line_limit must be an int, 1 or greater")
         if retry is not None and not isinstance(retry, RetryPolicy):
             fail_type("retry must be a kq.RetryPolicy")
         if dead_letter_topic is not None:
@@ -140,6 +146,8 @@ class Worker:
         self._deserializer: Callable[[bytes], Any] = deserializer or dill.loads
         self._concurrency = concurrency
         self._max_in_flight = max(max_in_flight, concurrency)
+        # fetching resumes once this much room is free again (a quarter of the cap)
+        self._refill = max(1, min(self._max_in_flight // 4, 250))
         self._shutdown_timeout = shutdown_timeout
         self._commit_interval = commit_interval
         self._stopping = threading.Event()
@@ -150,11 +158,14 @@ class Worker:
         self._tracker = OffsetTracker()
         self._loop_thread = EventLoopThread()
         self._processed = 0
-        self._commit_offsets = True
         # Owned per the rebalance callbacks (job threads read it: only ever
         # updated in place), and paused at the cap or held by a failing retry write.
         self._owned: set[TopicPartition] = set()
         self._pauses = Pauses(self._consumer, self._observe)
+        self._head = HeadOfLine(head_of_line_limit, self._pauses)
+        self._committer = Committer(
+            self._consumer, self._tracker, self._observe, bool(exact_resume)
+        )
         self._revoked_since_dispatch = False
         self._runner = MessageRunner(
             logger=self._logger,
@@ -248,6 +259,16 @@ class Worker:
         """The cap on jobs fetched and not yet finished; fetching pauses at it."""
         return self._max_in_flight
 
+    @property
+    def head_of_line_limit(self) -> int:
+        """Finished jobs a partition may hold behind an unfinished one before it pauses."""
+        return self._head.limit
+
+    @property
+    def exact_resume(self) -> bool:
+        """Whether commits record the jobs finished above the committed offset (and are read)."""
+        return self._committer.exact_resume
+
     def _observe(self, method: str, *args: Any) -> None:
         notify(self._observer, method, *args)
 
@@ -257,79 +278,37 @@ class Worker:
         # on a job thread, before its message stops counting as busy
         self._completions.put((message, tag, outcome))
 
-    def _drain(self, wait: float = 0.0) -> None:
-        """Take finished jobs off the completion queue, waiting up to ``wait`` for the first."""
+    def _drain(self, wait: float = 0.0) -> int:
+        """Take finished jobs off the completion queue, waiting up to ``wait`` for the first;
+        how many."""
         get = self._completions.get
         tracker = self._tracker
+        limit = self._head.limit
+        count = 0
         try:
             message, tag, outcome = get(timeout=wait) if wait > 0 else get(block=False)
             while True:
+                count += 1
+                part = tag[0]
                 if outcome is False:  # must run again: never committed past
-                    tracker.abandoned(tag[0], message.offset)
+                    tracker.abandoned(part, message.offset)
                 else:
-                    tracker.finished(tag[0], message.offset)
+                    tracker.finished(part, message.offset)
                     if outcome:  # None: a copy of it ran and completed, this one did not run
                         self._processed += 1
+                    if len(part.done) >= limit:
+                        self._head.reached(part)
                 message, tag, outcome = get(block=False)
         except queue.Empty:
-            return
+            return count
 
     def _commit(
         self,
         asynchronous: bool,
         partitions: set[TopicPartition] | None = None,
         again: bool | None = None,
-        quiet: bool = False,
     ) -> bool:
-        """Commit what finished; False if a synchronous commit failed."""
-        if not self._commit_offsets:
-            return True
-        # Asynchronous commits the client could not deliver (the coordinator
-        # was away, a rebalance was running) are offered again now.
-        for failed in self._consumer.failed_commits():
-            self._tracker.commit_failed(failed)
-        # On revoke the partitions are given: kafka-python has already taken
-        # them out of assignment() when it calls the listener.
-        owned = self._consumer.assignment() if partitions is None else partitions
-        # A synchronous commit (on revoke, at the end) sends everything finished
-        # again, in case an earlier asynchronous one failed (e.g. mid-rebalance).
-        offsets = self._tracker.committable(
-            owned, again=(not asynchronous) if again is None else again
-        )
-        if not offsets:
-            return True
-        try:
-            self._consumer.commit(offsets, asynchronous=asynchronous)
-        except Exception as exc:
-            if not quiet:
-                CONSUMER.warning("Offset commit failed (jobs may run again): %s", exc)
-            return False
-        self._tracker.mark_committed(offsets)
-        if self._observer is not None:
-            self._observe("committed", offsets)
-        return True
-
-    def _final_commit(self) -> None:
-        """Commit everything finished before leaving, across a rebalance or coordinator change.
-
-        A commit refused because the group is rebalancing (another member
-        left or joined) or because the coordinator moved succeeds once the
-        client has caught up, which only polling lets it do: poll (paused,
-        so nothing new is fetched; whatever comes is neither run nor
-        committed) and try again, for a bounded time.
-        """
-        deadline = time.monotonic() + _FINAL_COMMIT_WAIT
-        self._pauses.set_at_cap(True)
-        while not self._commit(asynchronous=False, quiet=True):
-            if time.monotonic() >= deadline:
-                self._commit(asynchronous=False)  # logs why it still fails
-                return
-            try:
-                self._consumer.poll(0.2, 1)
-            except Exception as exc:
-                if _is_fatal(exc):
-                    CONSUMER.warning("Offset commit failed (jobs may run again): %s", exc)
-                    return
+        return self._committer.commit(asynchronous, partitions, again)
 
     # -- rebalances (inside poll) ---------------------------------------------
 
@@ -340,6 +319,7 @@ class Worker:
         self._observe("rebalanced", "assigned", partitions)
         self._owned.update(partitions)
         self._pauses.forget(partitions)
+        self._committer.assigned(partitions)
         if partitions and self._pauses.at_cap:
             self._consumer.pause(partitions)
             # and again from the loop: with confluent-kafka a pause made before
@@ -397,6 +377,7 @@ class Worker:
     def _let_go(self, partitions: list[TopicPartition]) -> None:
         self._owned.difference_update(partitions)
         self._pauses.forget(partitions)
+        self._committer.forget(partitions)
         # a batch being fetched may still hold their messages
         self._revoked_since_dispatch = True
         for message, tag in self._lanes.discard(partitions):
@@ -405,52 +386,39 @@ class Worker:
     # -- handing fetched messages to the job threads --------------------------------
 
     def _dispatch(self, messages: list[Message], room: int) -> None:
-        store = self._consumer.headers
         if self._revoked_since_dispatch:
-            # A partition revoked inside this poll (confluent-kafka's batch can
-            # hold its records): its new owner runs them, not this worker.
             self._revoked_since_dispatch = False
-            assigned = self._consumer.assignment()
-            gone = [m for m in messages if (m.topic, m.partition) not in assigned]
-            if gone:
-                for m in gone:
-                    store.pop((m.topic, m.partition, m.offset), None)
-                messages = [m for m in messages if (m.topic, m.partition) in assigned]
+            messages = without_revoked(self._consumer, messages)
+        known = self._committer.finished_before(messages)
         taken = messages[:room]
-        rest = messages[room:]
-        if rest:
+        if len(messages) > room:
             # fetched past the cap (a rebalance inside poll can do that): give them back
-            first: dict[TopicPartition, int] = {}
-            for m in rest:
-                tp = (m.topic, m.partition)
-                first[tp] = min(first.get(tp, m.offset), m.offset)
-            kept = {tp for tp, offset in first.items() if not self._seek(tp, offset)}
-            for m in rest:
-                if (m.topic, m.partition) in kept:
-                    # not rewound: run it beyond the cap rather than let a later
-                    # commit of this partition pass it unrun
-                    taken.append(m)
-                else:
-                    store.pop((m.topic, m.partition, m.offset), None)
+            taken += give_back(self._consumer, messages[room:])
+        store = self._consumer.headers
         started = self._tracker.started
         entries: list[tuple[Message, _Tag]] = []
+        if not known:
+            for m in taken:
+                headers = store.pop((m.topic, m.partition, m.offset), None) if store else None
+                entries.append((m, (started((m.topic, m.partition), m.offset), headers)))
+            self._lanes.submit(entries)
+            return
+        skipped: list[tuple[Generation, int]] = []
         for m in taken:
+            tp = (m.topic, m.partition)
+            part = started(tp, m.offset)
             headers = store.pop((m.topic, m.partition, m.offset), None) if store else None
-            entries.append((m, (started((m.topic, m.partition), m.offset), headers)))
+            finished = known.get(tp)
+            if finished is not None and m.offset in finished:
+                skipped.append((part, m.offset))  # a previous owner ran it
+            else:
+                entries.append((m, (part, headers)))
         self._lanes.submit(entries)
-
-    def _seek(self, tp: TopicPartition, offset: int) -> bool:
-        try:
-            self._consumer.seek(tp, offset)
-        except Exception as exc:
-            CONSUMER.warning(
-                "Could not rewind %s to %s (its fetched jobs run beyond max_in_flight): %s",
-                tp,
-                offset,
-                exc,
-            )
-            return False
-        return True
+        # counted finished only now that every message before them was started
+        for part, offset in skipped:
+            self._tracker.finished(part, offset)
+            if len(part.done) >= self._head.limit:
+                self._head.reached(part)
 
     def _handle_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self._stopping.is_set():
@@ -479,7 +447,7 @@ class Worker:
         self._logger.info("Starting %s ...", self)
         self._stopping.clear()
         self._abort.clear()
-        self._commit_offsets = bool(commit_offsets)
+        self._committer.enabled = bool(commit_offsets)
         self._processed = 0
         neutralise = getattr(self._consumer, "neutralise_auto_commit", None)
         if neutralise is not None:
@@ -514,7 +482,11 @@ class Worker:
             room = self._max_in_flight - in_flight
             if max_messages is not None:
                 room = min(room, max_messages - self._processed - in_flight)
-            if room > 0:
+            # Nearly full counts as full: fetching a few messages each time
+            # room appears would hand them to the job threads (waking them) a
+            # few at a time, and wake this thread for each job that ends.
+            free = self._max_in_flight - in_flight
+            if free >= self._refill or 0 < room < free or not in_flight:
                 full_since = None
                 self._pauses.set_at_cap(False)
             elif not self._pauses.at_cap:
@@ -525,9 +497,12 @@ class Worker:
                 # clients' own threads and max.poll.interval is far longer.
                 full_since = full_since or now
                 if now - full_since < _PAUSE_AFTER:
-                    self._drain(wait=0.05)
+                    if self._drain(wait=0.05):
+                        time.sleep(_GATHER)  # let more jobs end before the next look
                     continue
                 self._pauses.set_at_cap(True)
+            if self._head.active:
+                self._head.check()
             if self._pauses.dirty:
                 self._pauses.apply()
             try:
@@ -535,7 +510,7 @@ class Worker:
             except Exception as exc:
                 # e.g. kafka-python's connection errors while a broker restarts:
                 # the client reconnects by itself; the worker must not die of it.
-                if _is_fatal(exc):
+                if is_fatal(exc):
                     raise
                 CONSUMER.warning("Polling failed (retrying): %r", exc)
                 time.sleep(0.5)
@@ -559,7 +534,7 @@ class Worker:
                 RUNTIME.warning("Running jobs did not finish in time; they will run again")
             self._lanes.wait_idle(timeout=1.0)
         self._drain()
-        self._final_commit()
+        self._committer.final_commit(lambda: self._pauses.set_at_cap(True))
         try:
             self._pauses.set_at_cap(False)
         except Exception as exc:
@@ -575,6 +550,8 @@ class Worker:
         # never count in what the next start() commits.
         self._tracker.drop()
         self._owned.clear()
+        self._committer.forget()
+        self._head.reset()
         self._pauses.reset()
         self._consumer.headers.clear()
         self._lanes.close()

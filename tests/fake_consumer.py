@@ -36,6 +36,8 @@ class FakeConsumer:
         self.pause_calls: list[set[TopicPartition]] = []
         self.commits: list[dict[TopicPartition, int]] = []
         self.committed: dict[TopicPartition, int] = {}
+        self.metadata: dict[TopicPartition, str] = {}  # committed with the offsets
+        self.reads: list[set[TopicPartition]] = []  # read_committed() calls
         self.handler: Any = None
         self._steps: list[Callable[[Any], None]] = []
         self._lock = threading.Lock()
@@ -144,7 +146,11 @@ class FakeConsumer:
         self.positions[tp] = offset
 
     def commit(
-        self, offsets: dict[TopicPartition, int], asynchronous: bool, timeout: float = 10.0
+        self,
+        offsets: dict[TopicPartition, int],
+        asynchronous: bool,
+        timeout: float = 10.0,
+        metadata: dict[TopicPartition, str] | None = None,
     ) -> None:
         if asynchronous and self.lose_async_commits:
             # handed over, then reported as failed (kafka-python's callback)
@@ -156,6 +162,19 @@ class FakeConsumer:
             raise RuntimeError("commit refused: the group is rebalancing (test)")
         self.commits.append(dict(offsets))
         self.committed.update(offsets)
+        for tp in offsets:
+            self.metadata[tp] = (metadata or {}).get(tp, "")
+
+    def read_committed(
+        self, partitions: Iterable[TopicPartition], timeout: float
+    ) -> dict[TopicPartition, tuple[int, str]]:
+        parts = set(partitions)
+        self.reads.append(parts)
+        return {
+            tp: (offset, self.metadata.get(tp, ""))
+            for tp, offset in self.committed.items()
+            if tp in parts
+        }
 
     def failed_commits(self) -> list[dict[TopicPartition, int]]:
         failed, self.commits_failed = self.commits_failed, []

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from ledger_jobs import wait_for
 from throughput_support import WorkerThread
 
+import kq._lanes
 import kq._runner
 import kq.worker
 from kq import Job, RetryPolicy, Worker
@@ -85,6 +86,43 @@ def test_a_handler_that_raises_never_ends_its_lane_thread() -> None:
     assert lanes.wait_idle(timeout=10), "the lane thread died with messages queued behind"
     lanes.close()
     assert finished == [(0, True), (1, True), (2, True)]
+
+
+# -- issue 17.2: a job's end wakes no other job thread ------------------------------------
+
+
+class _CountingCondition(threading.Condition):
+    """A Condition counting how often a job thread came back from waiting on it."""
+
+    wakeups = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        woke = super().wait(timeout)
+        if threading.current_thread().name.startswith("kq-job"):
+            type(self).wakeups += 1
+        return woke
+
+
+def test_a_job_wakes_one_job_thread_not_all_of_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight idle job threads, jobs handed over one at a time: a job wakes one thread
+    (two at worst, when the thread that ran the previous one takes it first).
+
+    Every start and every end woke all of them before: 4-5x the cost per short job.
+    """
+    # (threading's own Condition, for the duration of the test)
+    monkeypatch.setattr(_CountingCondition, "wakeups", 0)
+    monkeypatch.setattr(kq._lanes.threading, "Condition", _CountingCondition)
+    done = threading.Semaphore(0)
+    lanes = Lanes(8, lambda m, tag: True, lambda m, tag, outcome: done.release())
+    count = 100
+    for offset in range(count):
+        lanes.submit([(_message(offset), None)])
+        assert done.acquire(timeout=10)
+    assert lanes.wait_idle(timeout=10)
+    lanes.close()
+    assert _CountingCondition.wakeups <= 2 * count, (
+        f"{_CountingCondition.wakeups} wake-ups of job threads for {count} jobs"
+    )
 
 
 # -- 13.4: a completion is handed over before the lanes count as idle -------------------
@@ -219,6 +257,9 @@ def test_held_partitions_are_a_metric() -> None:
     assert registry.get_sample_value("kq_partitions_held", labels) == 2
     observer.partitions_held([])
     assert registry.get_sample_value("kq_partitions_held", labels) == 0
+    assert registry.get_sample_value("kq_partitions_blocked", labels) == 0
+    observer.partitions_blocked([("t", 1)])
+    assert registry.get_sample_value("kq_partitions_blocked", labels) == 1
 
 
 # -- the worker against the fake adapter ------------------------------------------------
@@ -342,7 +383,9 @@ def test_revoke_and_quick_reassign_never_run_one_message_twice_at_once(
 
     fake.during_next_poll(revoke_and_reassign)
     assert wait_for(lambda: reassigned.is_set() and fake.positions[tp] == 2, timeout=10)
-    assert wait_for(lambda: engine_jobs.notes(token).count("quick") == 2, timeout=10)
+    # read at each assignment: the second time, the revoke's commit (offset 0,
+    # with offset 1 finished in its metadata)
+    assert wait_for(lambda: fake.reads == [{tp}, {tp}], timeout=10), fake.reads
     assert engine_jobs.notes(token).count("blocking") == 1, "the re-fetched copy started too"
     engine_jobs.gate(token).set()
     assert wait_for(lambda: fake.committed.get(tp) == 2, timeout=10), fake.commits
@@ -351,6 +394,8 @@ def test_revoke_and_quick_reassign_never_run_one_message_twice_at_once(
     sampling.set()
     sampler.join(10)
     assert engine_jobs.notes(token).count("blocking") == 1
+    # exact resume: "quick" finished in the first assignment and is not run again
+    assert engine_jobs.notes(token).count("quick") == 1
     assert min(samples) >= 0, f"in_flight went negative: {min(samples)}"
     assert worker.in_flight == 0
 

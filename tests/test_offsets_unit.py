@@ -16,7 +16,9 @@ def test_commits_only_below_the_lowest_unfinished_offset() -> None:
         part = tracker.started(TP, offset)
     tracker.finished(part, 12)
     tracker.finished(part, 13)
-    assert tracker.committable() == {}  # 10 and 11 still running
+    # 10 and 11 still running: the position it started from, with 12 and 13 above it
+    assert tracker.committable() == {TP: 10}
+    assert sorted(tracker.finished_above(TP)) == [12, 13]
     tracker.finished(part, 10)
     assert tracker.committable() == {TP: 11}
     tracker.finished(part, 11)
@@ -84,5 +86,7 @@ def test_any_completion_order_never_passes_an_unfinished_offset(
             assert not unfinished or safe <= min(unfinished)
         elif unfinished:
             assert min(unfinished) == offsets[0]  # nothing safe only while the first runs
+        above = set(tracker.finished_above(TP))
+        assert above <= done and (safe is None or all(o >= safe for o in above))
     assert tracker.committable() == {TP: offsets[-1] + 1}
     assert tracker.in_flight() == 0

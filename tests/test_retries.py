@@ -77,12 +77,17 @@ def test_policy_round_trips_through_its_header() -> None:
     assert attempt.is_last and attempt.number == 5
 
 
-def test_route_picks_the_largest_tier_that_fits() -> None:
+def test_route_picks_the_smallest_tier_that_covers_the_wait() -> None:
     now = 1_000_000
+    assert route("t", now - 5, now) == "t.kq-delay-1s"
     assert route("t", now + 500, now) == "t.kq-delay-1s"
-    assert route("t", now + 9_999, now) == "t.kq-delay-1s"
+    assert route("t", now + 1_000, now) == "t.kq-delay-1s"
+    assert route("t", now + 1_001, now) == "t.kq-delay-10s"
     assert route("t", now + 10_000, now) == "t.kq-delay-10s"
-    assert route("t", now + 7_200_000, now) == "t.kq-delay-1h"
+    assert route("t", now + 45_000, now) == "t.kq-delay-1m"
+    assert route("t", now + 3_600_000, now) == "t.kq-delay-1h"
+    assert route("t", now + 7_200_000, now) == "t.kq-delay-1d"
+    assert route("t", now + 30 * 86_400_000, now) == "t.kq-delay-1d"  # passes through daily
     assert delay_topics("t") == [f"t.kq-delay-{s}" for s, _ in TIERS]
 
 
